@@ -1,0 +1,163 @@
+"""The one experiment configuration schema (YAML validated by pydantic v2).
+
+Every section is a pydantic model with ``extra="forbid"`` so a misspelled key is an error that
+names its path (``tasks[2].reader.root``). Readers are a union discriminated on ``name``, built
+from the reader registry, so a new reader needs no change here.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from medmtl.data.readers import READERS
+from medmtl.data.readers._base import AnyPath
+
+TaskKind = Literal["binary", "multiclass", "multilabel", "ordinal", "segmentation", "detection"]
+CLASSIFICATION_KINDS = ("binary", "multiclass", "multilabel", "ordinal")
+DEFAULT_METRIC = {"binary": "auc", "multiclass": "auc", "multilabel": "auc", "ordinal": "auc",
+                  "segmentation": "dice", "detection": "box_iou"}
+METRICS = ("auc", "accuracy", "balanced_accuracy", "f1", "sensitivity", "specificity", "cross_entropy",
+           "dice", "iou", "box_iou", "hit_rate")
+
+ReaderConfig = Annotated[Union[tuple(READERS.get(n) for n in READERS)], Field(discriminator="name")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageConfig(_Section):
+    """How images are decoded into the cache: square ``size`` pixels, grey ``L`` or colour ``RGB``."""
+
+    size: int = Field(224, ge=8, le=2048)
+    mode: Literal["L", "RGB"] = "RGB"
+
+
+class SplitConfig(_Section):
+    """How a task's images are divided.
+
+    ``official`` keeps the dataset's own split (``val_fraction`` carves a validation set out of
+    train when the official split has none); ``holdout`` makes seeded, stratified, group-aware
+    train/val/test ``fractions``; ``kfold`` uses fold ``fold`` of ``n_splits`` as test
+    (StratifiedGroupKFold) and carves ``val_fraction`` of the rest for validation.
+    """
+
+    method: Literal["official", "holdout", "kfold"] = "holdout"
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    n_splits: int = Field(5, ge=2)
+    fold: int = Field(0, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self):
+        if any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1.0) > 1e-6:
+            raise ValueError(f"fractions (train, val, test) must be >= 0 and sum to 1, got {list(self.fractions)}")
+        if self.fold >= self.n_splits:
+            raise ValueError(f"fold={self.fold} must be < n_splits={self.n_splits}")
+        return self
+
+
+class TaskConfig(_Section):
+    """One learning task: what to predict, from which reader target, and its role in training."""
+
+    name: str
+    kind: TaskKind
+    target: str
+    reader: ReaderConfig
+    classes: list[str] | None = None
+    role: Literal["main", "auxiliary"] = "main"
+    loss_weight: float = Field(1.0, ge=0.0)
+    metric: str | None = None
+    group_key: str = "patient"
+    domain: str | None = None
+    image: ImageConfig = ImageConfig()
+    split: SplitConfig = SplitConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _snake(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", v):
+            raise ValueError(f"task names are lowercase snake_case (letters, digits, _), got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.metric is None:
+            self.metric = DEFAULT_METRIC[self.kind]
+        elif self.metric not in METRICS:
+            raise ValueError(f"metric={self.metric!r} is not known; choose one of {list(METRICS)}")
+        if self.classes is not None:
+            if len(set(self.classes)) != len(self.classes):
+                raise ValueError(f"classes repeat a name: {self.classes}")
+            if self.kind == "binary" and len(self.classes) != 2:
+                raise ValueError(f"a binary task has exactly 2 classes, got {self.classes}")
+        return self
+
+
+class DuplicatesConfig(_Section):
+    """Duplicate search inside one dataset.
+
+    ``exact`` compares a hash of the decoded pixels; ``near`` a 64-bit perceptual hash with at most
+    ``max_distance`` differing bits. ``policy: group`` puts duplicates in the same group (so the
+    same split); ``report`` only counts them.
+    """
+
+    exact: bool = True
+    near: bool = True
+    max_distance: int = Field(4, ge=0, le=32)
+    policy: Literal["group", "report"] = "group"
+
+
+class LeakageConfig(_Section):
+    """Cross-dataset copy detection (one image filed in two datasets) and what to do about it.
+
+    ``policy: exclude`` removes from training any image that is a copy of a validation or test
+    image of an evaluated task; ``error`` stops the run instead; ``off`` disables the search.
+    """
+
+    policy: Literal["exclude", "error", "off"] = "exclude"
+    min_correlation: float = Field(0.9, gt=0.0, le=1.0)
+    thumbnail: int = Field(32, ge=8, le=128)
+
+
+class DataLoaderConfig(_Section):
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0)
+    sampler: str = "balanced"
+    augmentation: str = "s2"
+
+
+class ExperimentConfig(_Section):
+    """The whole experiment. Paths accept ``${MEDMTL_DATA}``, other ``$VARS`` and ``~``."""
+
+    name: str = "experiment"
+    seed: int = 0
+    run_dir: AnyPath | None = None
+    cache_dir: AnyPath = Path("runs/cache")
+    tasks: list[TaskConfig] = Field(min_length=1)
+    duplicates: DuplicatesConfig = DuplicatesConfig()
+    leakage: LeakageConfig = LeakageConfig()
+    data: DataLoaderConfig = DataLoaderConfig()
+    decode_workers: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        names = [t.name for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"task names must be unique; repeated: {dup}")
+        if self.run_dir is None:
+            self.run_dir = Path("runs") / self.name
+        return self
+
+    def task(self, name: str) -> TaskConfig:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        from medmtl._registry import did_you_mean
+
+        raise KeyError(f"no task {name!r}; the config declares {[t.name for t in self.tasks]}{did_you_mean(name, [t.name for t in self.tasks])}")

@@ -1,0 +1,1 @@
+"""The data layer: readers -> record tables -> decode cache -> duplicates -> splits -> datasets."""

@@ -1,0 +1,64 @@
+"""What a researcher checks before training: counts per split and class, groups, duplicates, skips."""
+from __future__ import annotations
+
+import numpy as np
+
+from medmtl.data.pipeline import PreparedData
+
+SPLIT_ORDER = ("train", "val", "test")
+
+
+def task_summary(data: PreparedData, task: str) -> dict:
+    spec = data.tasks[task]
+    src = data.source_of(task)
+    labelled = data.has_label(task)
+    lab = data.labels[task]
+    splits: dict[str, dict[str, int]] = {}
+    for split in [s for s in SPLIT_ORDER if s in set(src.split)] + sorted(set(src.split) - set(SPLIT_ORDER)):
+        rows = labelled & (src.split == split)
+        if spec.kind in ("segmentation", "detection"):
+            splits[split] = {"images": int(rows.sum())}
+        elif spec.kind == "multilabel":
+            splits[split] = {c: int(np.nansum(lab[rows, k])) for k, c in enumerate(spec.classes)}
+        else:
+            counts = np.bincount(lab[rows], minlength=spec.num_classes)
+            splits[split] = {c: int(counts[k]) for k, c in enumerate(spec.classes)}
+    out = {
+        "kind": spec.kind,
+        "role": spec.role,
+        "images": int(labelled.sum()),
+        "splits": splits,
+        "groups": int(len(set(src.groups[labelled]))),
+        "duplicate_groups": src.exact_duplicate_groups,
+        "near_duplicate_groups": src.near_duplicate_groups,
+        "cross_split_duplicates": src.cross_split_duplicates,
+        "skipped": [s.as_dict() for s in src.skipped],
+    }
+    if data.leakage:
+        out["cross_duplicates"] = dict(data.leakage.get("cross_duplicates", {}).get(task, {}))
+        out["excluded_from_training"] = dict(data.leakage.get("excluded", {}).get(task, {}))
+    return out
+
+
+def inspect(data: PreparedData) -> dict:
+    """The ``medmtl data inspect --json`` document."""
+    return {"tasks": {name: task_summary(data, name) for name in data.tasks}}
+
+
+def format_text(report: dict) -> str:
+    lines = []
+    for name, t in report["tasks"].items():
+        lines.append(f"{name} ({t['kind']}, {t['role']}): {t['images']} images, {t['groups']} groups, "
+                     f"{t['duplicate_groups']} exact / {t['near_duplicate_groups']} near duplicate groups")
+        for split, counts in t["splits"].items():
+            lines.append(f"  {split:<6}" + "  ".join(f"{c}={n}" for c, n in counts.items()))
+        if t["cross_split_duplicates"]:
+            lines.append(f"  ! {t['cross_split_duplicates']} images share a duplicate group across official splits")
+        for other, n in t.get("cross_duplicates", {}).items():
+            lines.append(f"  copies in {other}: {n}")
+        for other, n in t.get("excluded_from_training", {}).items():
+            lines.append(f"  removed from training as copies of {other} evaluation images: {n}")
+        if t["skipped"]:
+            lines.append(f"  skipped {len(t['skipped'])} file(s):")
+            lines.extend(f"    {s['path']}: {s['reason']}" for s in t["skipped"])
+    return "\n".join(lines)
