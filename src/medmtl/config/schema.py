@@ -102,13 +102,15 @@ class DuplicatesConfig(_Section):
     """Duplicate search inside one dataset.
 
     ``exact`` compares a hash of the decoded pixels; ``near`` a 64-bit perceptual hash with at most
-    ``max_distance`` differing bits. ``policy: group`` puts duplicates in the same group (so the
+    ``max_distance`` differing bits, confirmed by a grey-thumbnail correlation of at least
+    ``min_correlation`` (the hash alone pairs unrelated mammograms). ``policy: group`` puts duplicates in the same group (so the
     same split); ``report`` only counts them.
     """
 
     exact: bool = True
     near: bool = True
     max_distance: int = Field(4, ge=0, le=32)
+    min_correlation: float = Field(0.99, gt=0.0, le=1.0)
     policy: Literal["group", "report"] = "group"
 
 
@@ -117,10 +119,14 @@ class LeakageConfig(_Section):
 
     ``policy: exclude`` removes from training any image that is a copy of a validation or test
     image of an evaluated task; ``error`` stops the run instead; ``off`` disables the search.
+    Two images are copies when their grey centre-cropped thumbnails (``thumbnail`` px) correlate
+    at least ``min_correlation`` at half that size (same layout) and their band-pass detail
+    correlates at least ``min_detail_correlation`` (same texture); see ``medmtl.data.leakage``.
     """
 
     policy: Literal["exclude", "error", "off"] = "exclude"
     min_correlation: float = Field(0.9, gt=0.0, le=1.0)
+    min_detail_correlation: float = Field(0.8, gt=0.0, le=1.0)
     thumbnail: int = Field(32, ge=8, le=128)
 
 

@@ -6,10 +6,12 @@ names repeat across folders in the wild (the ISIC copy has ``train/benign/1.jpg`
 """
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from medmtl.data.readers._base import IMAGE_EXTENSIONS, READERS, DirPath, Reader
 from medmtl.data.records import SPLIT_ALIASES, FileSource, ReadResult, Record, Skipped, TargetInfo
+from medmtl.errors import DataError
 
 
 @READERS.register("folder", targets=("class",))
@@ -40,15 +42,18 @@ class FolderReader(Reader):
         for split, split_dir in self._split_dirs():
             for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 classes.add(class_dir.name)
-                for path in sorted(class_dir.iterdir()):
-                    if path.name.startswith(".") or path.is_dir():
+                prefix = class_dir.relative_to(self.root).as_posix()
+                # os.scandir and string sorting: Path objects per entry cost ~1 s on PCam's 16000 files
+                entries = sorted((e.name, e.is_dir()) for e in os.scandir(class_dir))
+                for fname, is_dir in entries:
+                    if fname.startswith(".") or is_dir:
                         continue
-                    rel = path.relative_to(self.root).as_posix()
-                    if not path.name.lower().endswith(exts):
+                    path = class_dir / fname
+                    if not fname.lower().endswith(exts):
                         skipped.append(Skipped(str(path), f"not an image file (extension {path.suffix!r})"))
                         continue
-                    records.append(Record(id=rel, source=FileSource(path), split=split,
+                    records.append(Record(id=f"{prefix}/{fname}", source=FileSource(path), split=split,
                                           labels={"class": class_dir.name}))
         if not records:
-            raise ValueError(f"no images found under {self.root} (expected ROOT/CLASS/IMAGE or ROOT/SPLIT/CLASS/IMAGE)")
+            raise DataError(f"no images found under {self.root} (expected ROOT/CLASS/IMAGE or ROOT/SPLIT/CLASS/IMAGE)")
         return ReadResult(records, {"class": TargetInfo("multiclass", tuple(sorted(classes)))}, skipped)
