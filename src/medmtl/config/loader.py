@@ -38,6 +38,8 @@ def _format(exc: ValidationError, source: str) -> str:
             msg = "unknown key (check its spelling and indentation)"
         elif err["type"] == "missing":
             msg = "required key is missing"
+        elif err["type"] == "union_tag_not_found" and err["loc"][-1:] == ("reader",):
+            msg = f"required key 'name' is missing; choose one of {READERS.list()}"
         given = err.get("input")
         shown = "" if err["type"] in ("missing",) or isinstance(given, dict) else f" (got {given!r})"
         lines.append(f"  {format_loc(err['loc'])}: {msg}{shown}")
@@ -63,7 +65,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, found {type(data).__name__}")

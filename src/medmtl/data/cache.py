@@ -135,6 +135,7 @@ class CachedImages:
     native_size: np.ndarray            # (N, 2) int: width, height before resizing
     skipped: list[Skipped] = field(default_factory=list)
     decoded: int = 0                   # images decoded in this call (0 on a warm cache)
+    keys: np.ndarray | None = None     # (N,) str content keys (sha1 of the source's content)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -176,13 +177,14 @@ class DecodeCache:
         keys, changed = [], False
         for src in sources:
             if isinstance(src, FileSource):
-                st = src.path.stat()
-                entry = known.get(str(src.path.resolve()))
+                path = os.path.abspath(src.path)  # not resolve(): a realpath per file costs more than the hash lookup
+                st = os.stat(path)
+                entry = known.get(path)
                 if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
                     keys.append(entry[2])
                     continue
                 key = src.fingerprint()
-                known[str(src.path.resolve())] = [st.st_size, st.st_mtime_ns, key]
+                known[path] = [st.st_size, st.st_mtime_ns, key]
                 changed = True
                 keys.append(key)
             else:
@@ -217,7 +219,8 @@ class DecodeCache:
                 try:
                     m = to_mode(msrc.load(), "L")
                 except Exception as exc:
-                    return Skipped(msrc.describe(), f"unreadable mask: {type(exc).__name__}: {exc}")
+                    return Skipped(msrc.describe(), f"unreadable mask (image {rec.source.describe()} left out): "
+                                                    f"{type(exc).__name__}: {exc}")
                 if m.shape != arr.shape[:2]:
                     raise DataError(f"mask {msrc.describe()} is {m.shape[1]}x{m.shape[0]} but its image "
                                     f"{rec.source.describe()} is {arr.shape[1]}x{arr.shape[0]} (width x height)")
@@ -326,4 +329,5 @@ class DecodeCache:
             thumbs=np.asarray(thumbs[np.array([r[0] for r in rows], dtype=np.int64)]) if rows
             else np.zeros((0, self.thumb, self.thumb), np.uint8),
             native_size=native, skipped=skipped, decoded=decoded,
+            keys=np.array([keys[i] for i in keep], dtype=object),
         )

@@ -34,9 +34,11 @@ def task_summary(data: PreparedData, task: str) -> dict:
         "cross_split_duplicates": src.cross_split_duplicates,
         "skipped": [s.as_dict() for s in src.skipped],
     }
-    if data.leakage:
+    if data.leakage:  # the cross-dataset guard ran: {} means no copies in any other dataset
         out["cross_duplicates"] = dict(data.leakage.get("cross_duplicates", {}).get(task, {}))
         out["excluded_from_training"] = dict(data.leakage.get("excluded", {}).get(task, {}))
+        removed = data.excluded.get(task, np.zeros(len(src), bool)) & labelled & (src.split == "train")
+        out["removed_from_training"] = int(removed.sum())  # once per image, whichever datasets it copies
     return out
 
 
@@ -58,6 +60,8 @@ def format_text(report: dict) -> str:
             lines.append(f"  copies in {other}: {n}")
         for other, n in t.get("excluded_from_training", {}).items():
             lines.append(f"  removed from training as copies of {other} evaluation images: {n}")
+        if t.get("removed_from_training"):
+            lines.append(f"  leakage guard: {t['removed_from_training']} training images removed in all")
         if t["skipped"]:
             lines.append(f"  skipped {len(t['skipped'])} file(s):")
             lines.extend(f"    {s['path']}: {s['reason']}" for s in t["skipped"])

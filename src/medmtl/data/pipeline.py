@@ -2,14 +2,16 @@
 
 ``prepare`` runs the data layer in order: read every distinct reader once (tasks with the same
 reader share one record table, so a BUSI image carries its class, mask and box), decode into the
-cache, find duplicates, merge groups, assign splits (written to the run dir and reused), encode
-labels per task (missing labels stay missing) and apply the cross-dataset leakage guard.
+cache, find duplicates, merge groups (across datasets too, where copies of one image are split
+by medmtl in both), assign splits (written to the run dir and reused), encode labels per task
+(missing labels stay missing) and apply the cross-dataset leakage guard.
 It takes the validated config objects by duck typing so the data layer never imports the config
 layer above it.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from medmtl.errors import ConfigError, DataError
 
 log = logging.getLogger("medmtl.data")
 CLASSIFICATION = ("binary", "multiclass", "ordinal", "multilabel")
+COPIES_PREFIX = "copies:"  # names a split group that holds copies of one image from several datasets
 
 
 @dataclass
@@ -73,11 +76,19 @@ class SourceData:
 
 @dataclass
 class PreparedData:
+    """Every task's labels over its source's rows, with splits and the leakage guard's verdict.
+
+    ``leakage`` (empty when the guard is off) holds ``cross_duplicates`` {task: {other task:
+    images with a copy there}}, ``excluded`` {task: {other task: training images removed}} and,
+    in memory only, ``pairs`` {"task|other": (P, 2) matched row pairs} per pair of sources.
+    """
+
     tasks: dict[str, TaskSpec]
     sources: dict[str, SourceData]
     labels: dict[str, np.ndarray]
     excluded: dict[str, np.ndarray] = field(default_factory=dict)   # task -> rows kept out of training
     leakage: dict = field(default_factory=dict)                     # filled by the leakage guard
+    cache_dir: Path | None = None                                   # decode cache root (cached matches)
 
     def source_of(self, task: str) -> SourceData:
         return self.sources[self.tasks[task].source]
@@ -208,31 +219,38 @@ def _source_key(tcfg) -> str:
     return f"{tcfg.reader.key()}-{tcfg.image.mode}{tcfg.image.size}"
 
 
+@dataclass
+class _Loaded:
+    """One source after reading and decoding, before its groups and split are settled."""
+
+    key: str
+    index: int                 # position of its first task in the config
+    tcfg: object               # that task's config (reader, image, split)
+    specs: list[TaskSpec]
+    cached: CachedImages
+    skipped: list[Skipped]
+    dup: np.ndarray | None = None     # duplicate group per row (inside this source)
+    groups: np.ndarray | None = None  # split groups: reader groups merged by duplicates (and copies)
+    partners: tuple[str, ...] = ()  # task names of other sources whose copies share its groups
+
+
 def prepare(cfg, *, progress: bool = True, write_splits: bool = True) -> PreparedData:
     """Run the data layer for every task of ``cfg`` (an ``ExperimentConfig``)."""
     by_source: dict[str, list[int]] = {}
     for i, t in enumerate(cfg.tasks):
         by_source.setdefault(_source_key(t), []).append(i)
+    loaded = [_load_source(cfg, key, idx, progress) for key, idx in by_source.items()]
+    for item in loaded:
+        _group_source(cfg, item)
+    _link_copies(cfg, loaded)
     tasks, sources, labels = {}, {}, {}
-    for key, idx in by_source.items():
-        first = cfg.tasks[idx[0]]
-        for j in idx[1:]:
-            if cfg.tasks[j].split != first.split:
-                raise ConfigError(f"tasks[{j}].split differs from tasks[{idx[0]}].split, but both tasks read the same "
-                                  f"images ({first.reader.name}); images shared by tasks need one split")
-        result = first.reader.read()
-        specs = [resolve_task(cfg.tasks[j], result.targets, key, f"tasks[{j}]") for j in idx]
-        cache = DecodeCache(cfg.cache_dir, first.image.size, first.image.mode, cfg.leakage.thumbnail)
-        cached = cache.load(result.records, workers=cfg.decode_workers, progress=progress, desc=first.name)
-        skipped = list(result.skipped) + cached.skipped
-        for s in skipped:
-            log.warning("skipped %s: %s", s.path, s.reason)
-        src = _build_source(cfg, key, specs, cached, skipped, first, idx[0], write_splits)
-        sources[key] = src
-        for spec in specs:
+    assigned: dict[str, str] = {}  # cross-dataset group -> split, from the sources split so far
+    for item in loaded:
+        sources[item.key] = _build_source(cfg, item, assigned, write_splits)
+        for spec in item.specs:
             tasks[spec.name] = spec
-            labels[spec.name] = encode_labels(spec, cached.records, key)
-    data = PreparedData(tasks, sources, labels)
+            labels[spec.name] = encode_labels(spec, item.cached.records, item.key)
+    data = PreparedData(tasks, sources, labels, cache_dir=Path(cfg.cache_dir))
     try:
         from medmtl.data.leakage import apply_leakage_guard
     except ImportError:  # pragma: no cover - until the guard lands
@@ -241,38 +259,133 @@ def prepare(cfg, *, progress: bool = True, write_splits: bool = True) -> Prepare
     return data
 
 
-def _build_source(cfg, key, specs, cached, skipped, tcfg, index, write_splits) -> SourceData:
-    d = cfg.duplicates
-    dup = duplicate_groups(cached.pixel_hash, cached.phash, exact=d.exact, near=d.near, max_distance=d.max_distance)
-    exact = duplicate_groups(cached.pixel_hash, cached.phash, exact=True, near=False)
+def _load_source(cfg, key: str, idx: list[int], progress: bool) -> _Loaded:
+    first = cfg.tasks[idx[0]]
+    for j in idx[1:]:
+        if cfg.tasks[j].split != first.split:
+            raise ConfigError(f"tasks[{j}].split differs from tasks[{idx[0]}].split, but both tasks read the same "
+                              f"images ({first.reader.name}); images shared by tasks need one split")
+    result = first.reader.read()
+    specs = [resolve_task(cfg.tasks[j], result.targets, key, f"tasks[{j}]") for j in idx]
+    cache = DecodeCache(cfg.cache_dir, first.image.size, first.image.mode, cfg.leakage.thumbnail)
+    cached = cache.load(result.records, workers=cfg.decode_workers, progress=progress, desc=first.name)
+    skipped = list(result.skipped) + cached.skipped
+    for s in skipped:
+        log.warning("skipped %s: %s", s.path, s.reason)
+    return _Loaded(key, idx[0], first, specs, cached, skipped)
+
+
+def _group_source(cfg, item: _Loaded) -> None:
+    """Duplicate groups inside the source, and the split groups they imply."""
+    d, cached = cfg.duplicates, item.cached
+    item.dup = duplicate_groups(cached.pixel_hash, cached.phash, exact=d.exact, near=d.near,
+                                max_distance=d.max_distance, thumbs=cached.thumbs,
+                                min_correlation=d.min_correlation)
+    reader_groups = np.array([r.group for r in cached.records], dtype=object)
+    if item.tcfg.split.method == "official":
+        official = np.array([r.split for r in cached.records], dtype=object)
+        splitting.check_groups([r.id for r in cached.records], reader_groups, official,
+                               f"{item.tcfg.name} (official split)")
+        item.groups = reader_groups
+    else:
+        item.groups = merge_groups(reader_groups, item.dup) if d.policy == "group" else reader_groups
+    item.groups = np.asarray(item.groups, dtype=object)
+
+
+def _link_copies(cfg, loaded: list[_Loaded]) -> None:
+    """Merge groups across sources that medmtl splits itself and that share copies of an image.
+
+    Sources with an official split keep it (the leakage guard then keeps their copies out of
+    training); sources split by holdout/kfold get one group per set of copies across datasets,
+    named ``COPIES_PREFIX`` + the first member's ``task/group``. ``_build_source`` then splits
+    them in config order, each later source taking the split an earlier one gave to a shared
+    group. We pin rather than split the concatenation jointly because linked datasets may have
+    different split settings (fractions, folds, seeds); the first keeps exactly its own split.
+    """
+    free = [item for item in loaded if item.tcfg.split.method != "official"]
+    if cfg.leakage.policy == "off" or len(free) < 2:
+        return
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from medmtl.data.leakage import Signatures, find_copies
+
+    sigs = {item.key: Signatures.of(item.cached) for item in free}
+    node_of, node_name, node_source, offset = {}, [], [], 0
+    for k, item in enumerate(free):
+        uniq, inverse = np.unique(item.groups.astype(str), return_inverse=True)
+        node_of[item.key] = offset + inverse.reshape(-1)
+        node_name += [f"{item.tcfg.name}/{g}" for g in uniq]
+        node_source += [k] * len(uniq)
+        offset += len(uniq)
+    edges, linked = [], set()
+    for x, y in itertools.combinations(free, 2):
+        pairs = find_copies(sigs[x.key], sigs[y.key], cfg.leakage, cfg.cache_dir)
+        if len(pairs):
+            edges.append(np.stack([node_of[x.key][pairs[:, 0]], node_of[y.key][pairs[:, 1]]], axis=1))
+            linked |= {(x.key, y.tcfg.name), (y.key, x.tcfg.name)}
+    if not edges:
+        return
+    edges = np.concatenate(edges)
+    graph = coo_matrix((np.ones(len(edges), np.int32), (edges[:, 0], edges[:, 1])), shape=(offset, offset))
+    _, comp = connected_components(graph, directed=False)
+    comp_source = np.unique(np.stack([comp, np.asarray(node_source)], axis=1), axis=0)[:, 0]
+    crossing = np.bincount(comp_source, minlength=comp.max() + 1)[comp] > 1   # per node
+    _, first = np.unique(comp, return_index=True)                               # smallest node per component
+    label = np.char.add(COPIES_PREFIX, np.asarray(node_name, dtype=str)[first[comp]]).astype(object)
+    for item in free:
+        nodes = node_of[item.key]
+        item.groups = np.where(crossing[nodes], label[nodes], item.groups).astype(object)
+        item.partners = tuple(sorted(t for k, t in linked if k == item.key))
+
+
+def _build_source(cfg, item: _Loaded, assigned: dict[str, str], write_splits: bool) -> SourceData:
+    tcfg, cached, specs, groups = item.tcfg, item.cached, item.specs, item.groups
     records = cached.records
     ids = [r.id for r in records]
-    reader_groups = np.array([r.group for r in records], dtype=object)
     official = np.array([r.split for r in records], dtype=object)
     strat = next((s for s in specs if s.kind in CLASSIFICATION), None)
     y = np.array([str(r.labels.get(strat.target, "?")) if strat else "?" for r in records])
-    where = f"tasks[{index}]"
-    if tcfg.split.method == "official":
-        splitting.check_groups(ids, reader_groups, official, f"{tcfg.name} (official split)")
-        groups = reader_groups
-    else:
-        groups = merge_groups(reader_groups, dup) if d.policy == "group" else reader_groups
+    where = f"tasks[{item.index}]"
 
     def compute():
-        return assign_splits(ids, y, groups, official, tcfg.split, where)
+        split = assign_splits(ids, y, groups, official, tcfg.split, where)
+        pinned = np.array([assigned.get(g) for g in groups], dtype=object)
+        fixed = pinned != None  # noqa: E711 - elementwise on an object array
+        split[fixed] = pinned[fixed]
+        return split
 
     split_file = None
     if write_splits:
-        split_file = Path(cfg.run_dir) / "splits" / f"{tcfg.name}-{key}-{_split_key(tcfg.split)}.csv"
+        name = f"{tcfg.name}-{item.key}-{_split_key(tcfg.split)}{_link_tag(cfg, item)}.csv"
+        split_file = Path(cfg.run_dir) / "splits" / name
         split = _load_or_write_split(split_file, ids, list(groups), compute)
     else:
         split = compute()
     splitting.check_groups(ids, groups, split, f"{tcfg.name} split")
-    crossing = _cross_split_duplicates(dup, split)
+    for g, s in zip(groups, split):
+        if str(g).startswith(COPIES_PREFIX):
+            assigned.setdefault(g, s)
+    exact = duplicate_groups(cached.pixel_hash, cached.phash, exact=True, near=False)
+    crossing = _cross_split_duplicates(item.dup, split)
     if crossing:
         log.warning("%s: %d duplicate images sit in a different split from a copy of themselves", tcfg.name, crossing)
-    return SourceData(key, [s.name for s in specs], cached, np.asarray(groups, dtype=object), np.asarray(split, dtype=object),
-                      dup, count_groups(exact), count_groups(dup), crossing, skipped, split_file)
+    return SourceData(item.key, [s.name for s in specs], cached, np.asarray(groups, dtype=object),
+                      np.asarray(split, dtype=object), item.dup, count_groups(exact), count_groups(item.dup), crossing,
+                      item.skipped, split_file)
+
+
+def _link_tag(cfg, item: _Loaded) -> str:
+    """File-name suffix of a split tied to other datasets' copies (empty when there are none).
+
+    Such a split depends on the merged groups and on the partners' split settings; a file from
+    a run with other partners would otherwise be reused and break the copies-in-one-split rule.
+    """
+    if not item.partners:
+        return ""
+    partners = [(t.name, _split_key(t.split)) for t in cfg.tasks if t.name in item.partners]
+    text = json.dumps([sorted(map(str, set(item.groups))), partners])
+    return f"-linked{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 def _cross_split_duplicates(dup: np.ndarray, split: np.ndarray) -> int:

@@ -26,6 +26,11 @@ def _buckets(fractions, n_groups: int) -> int:
 def _fold_ids(y: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
     """Fold number of every sample under StratifiedGroupKFold(shuffle, seed)."""
     folds = np.full(len(y), -1)
+    _, counts = np.unique(y, return_counts=True)
+    if len(counts) and n_splits > counts.max():
+        # sklearn refuses when every class has fewer members than folds (a small dataset cut into
+        # 5 % buckets): the folds stay group-aware, only the stratification is given up
+        y = np.zeros(len(y), dtype=np.int64)
     with warnings.catch_warnings():
         # sklearn warns when a class has fewer members than folds; the split is still valid
         warnings.simplefilter("ignore", UserWarning)

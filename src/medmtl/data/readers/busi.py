@@ -71,7 +71,8 @@ class BUSIReader(Reader):
                 skipped.extend(Skipped(str(p), "mask without an image") for _, p in masks[stem])
             for stem, path in sorted(images.items()):
                 mask_paths = [p for _, p in sorted(masks.get(stem, []))]
-                records.append(self._record(cls, stem, path, mask_paths))
+                out = self._record(cls, stem, path, mask_paths)
+                (skipped if isinstance(out, Skipped) else records).append(out)
         return ReadResult(
             records,
             {"class": TargetInfo("multiclass", CLASSES), "mask": TargetInfo("segmentation"),
@@ -79,17 +80,28 @@ class BUSIReader(Reader):
             skipped,
         )
 
-    def _record(self, cls, stem, path, mask_paths) -> Record:
+    def _record(self, cls, stem, path, mask_paths) -> Record | Skipped:
+        """The image's record, or a :class:`Skipped` when it or one of its masks cannot be read."""
         labels = {"class": cls}
         boxes = None
         if mask_paths:
-            size = _image_size(path)
+            try:
+                size = _image_size(path)
+            except Exception as exc:  # corrupt/unreadable files are skipped and listed, never fatal
+                return Skipped(str(path), f"unreadable image: {type(exc).__name__}: {exc}")
+            found = []
             for mp in mask_paths:
-                if _image_size(mp) != size:
-                    raise DataError(f"mask {mp} is {_image_size(mp)} but its image {path} is {size} (width, height)")
+                try:
+                    mask_size = _image_size(mp)
+                    box = mask_box(mp) if self.boxes and mask_size == size else None
+                except Exception as exc:
+                    return Skipped(str(mp), f"unreadable mask (image {path} left out): {type(exc).__name__}: {exc}")
+                if mask_size != size:
+                    raise DataError(f"mask {mp} is {mask_size} but its image {path} is {size} (width, height)")
+                if box is not None:
+                    found.append(box)
             labels["mask"] = True
             if self.boxes:
-                found = [b for b in (mask_box(mp) for mp in mask_paths) if b is not None]
                 boxes = np.stack(found) if found else np.zeros((0, 4), np.float32)
                 labels["box"] = True
         return Record(id=f"{cls}/{stem}", source=FileSource(path), labels=labels,

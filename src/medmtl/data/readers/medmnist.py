@@ -14,6 +14,7 @@ from pydantic import model_validator
 
 from medmtl.data.readers._base import READERS, AnyPath, Reader
 from medmtl.data.records import ArraySource, ReadResult, Record, TargetInfo, _npz_member
+from medmtl.errors import DataError
 
 _SPLITS = ("train", "val", "test")
 
@@ -59,19 +60,23 @@ class MedMNISTReader(Reader):
             from medmtl.data.download import download_medmnist
 
             download_medmnist(self.flag, path.parent, size=self.size)
-        with np.load(path) as data:
-            keys = set(data.files)
+        try:
+            with np.load(path) as data:
+                keys = set(data.files)
+        except Exception as exc:  # a truncated download or another file saved under the name
+            raise DataError(f"{path}: not a readable .npz file: {type(exc).__name__}: {exc}") from None
         records = []
         n_classes = 0
         for split in _SPLITS:
-            if f"{split}_images" not in keys or f"{split}_labels" not in keys:
-                raise ValueError(f"{path}: missing key {split}_images or {split}_labels (found {sorted(keys)})")
+            absent = [k for k in (f"{split}_images", f"{split}_labels") if k not in keys]
+            if absent:
+                raise DataError(f"{path}: missing key {' and '.join(absent)} (found {sorted(keys)})")
             labels = np.asarray(_npz_member(path, f"{split}_labels"))
             images = _npz_member(path, f"{split}_images")
             if len(labels) != len(images):
-                raise ValueError(f"{path}: {split}_images has {len(images)} rows but {split}_labels has {len(labels)}")
+                raise DataError(f"{path}: {split}_images has {len(images)} rows but {split}_labels has {len(labels)}")
             if labels.ndim == 2 and labels.shape[1] > 1:
-                raise ValueError(f"{path}: {split}_labels has shape {labels.shape}; multi-label MedMNIST "
+                raise DataError(f"{path}: {split}_labels has shape {labels.shape}; multi-label MedMNIST "
                                  "sets (ChestMNIST) are read with the manifest reader")
             labels = labels.reshape(len(labels))
             n_classes = max(n_classes, int(labels.max()) + 1 if len(labels) else 0)
