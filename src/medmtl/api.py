@@ -39,3 +39,43 @@ def _write_skipped(cfg: ExperimentConfig, data) -> None:
         writer = csv.writer(fh)
         writer.writerow(["task", "path", "reason"])
         writer.writerows(rows)
+
+
+def save_resolved_config(cfg: ExperimentConfig, run_dir: Path) -> Path:
+    """The fully resolved config next to every artefact (paths expanded, defaults filled in)."""
+    import yaml
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return path
+
+
+def train(config: str | Path | ExperimentConfig, *, resume: str | Path | None = None, devices: int | None = None,
+          progress: bool = True):
+    """Train the experiment's model; ``resume=RUN_DIR`` continues an interrupted run exactly.
+
+    Returns:
+        :class:`medmtl.engine.loop.FitResult` (best epoch, its validation metrics, history).
+    """
+    from medmtl.engine.loop import fit
+
+    if resume is not None:
+        cfg = load_config(Path(resume) / "config.yaml")
+    else:
+        cfg = _config(config)
+    if devices is not None:
+        cfg.train.devices = devices
+    run_dir = Path(resume) if resume is not None else Path(cfg.run_dir)
+    cfg.run_dir = run_dir
+    data = prepare_data(cfg, progress=progress)
+    _write_skipped(cfg, data)
+    save_resolved_config(cfg, run_dir)
+    return fit(cfg, data, run_dir, resume=resume is not None, progress=progress)
+
+
+def predict(run_dir: str | Path, images: list[str | Path], *, task: str | None = None):
+    """Per-class scores of a trained run's best checkpoint for image files, as a pandas DataFrame."""
+    from medmtl.engine.predict import predict_files
+
+    return predict_files(Path(run_dir), [Path(p) for p in images], task=task)

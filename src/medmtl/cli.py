@@ -43,5 +43,43 @@ def data_inspect(
     typer.echo(json.dumps(report, indent=2) if as_json else format_text(report))
 
 
+@app.command()
+def train(
+    config: Path = typer.Argument(None, help="Experiment YAML file (not needed with --resume)."),
+    resume: Path = typer.Option(None, "--resume", help="Continue the interrupted run in this directory."),
+    devices: int = typer.Option(None, "--devices", help="Number of devices (GPUs: DDP when > 1)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Train a model: writes the run dir (config, splits, checkpoints, history, metrics)."""
+    if config is None and resume is None:
+        _fail(MedmtlError("give a CONFIG file, or --resume RUN_DIR"))
+    try:
+        result = api.train(config, resume=resume, devices=devices, progress=progress and sys.stderr.isatty())
+    except (MedmtlError, KeyError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(f"run dir: {result.run_dir}")
+    typer.echo(f"best epoch {result.best_epoch}: monitor {result.best_monitor:.4f}")
+    for task, metrics in result.val_metrics.items():
+        typer.echo(f"  {task}: " + "  ".join(f"val_{k}={v:.4f}" for k, v in metrics.items()))
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="A finished training run."),
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    task: str = typer.Option(None, "--task", help="Only this task's scores."),
+    output: Path = typer.Option(None, "--output", "-o", help="CSV file (default: standard output)."),
+) -> None:
+    """Per-class scores for image files, as CSV."""
+    try:
+        table = api.predict(run_dir, images, task=task)
+    except (MedmtlError, KeyError, FileNotFoundError) as exc:
+        _fail(exc)
+    if output:
+        table.to_csv(output, index=False)
+    else:
+        typer.echo(table.to_csv(index=False), nl=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -131,10 +131,117 @@ class LeakageConfig(_Section):
 
 
 class DataLoaderConfig(_Section):
+    """How training batches are made.
+
+    ``size`` is the side of the images fed to the network (default: the largest cached size of
+    the tasks). ``limit_train``/``limit_eval`` keep a seeded subset of that many images per task
+    (quick CPU runs and tests); the run log says so.
+    """
+
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
     sampler: str = "balanced"
     augmentation: str = "s2"
+    size: int | None = Field(None, ge=8)
+    limit_train: int | None = Field(None, ge=1)
+    limit_eval: int | None = Field(None, ge=1)
+
+
+class TrunkConfig(_Section):
+    """The shared trunk: a medmtl trunk (``resnext29``, ``alexnet``) or any timm model name.
+
+    ``pretrained``: ``imagenet`` or a path to a medmtl checkpoint whose trunk is loaded.
+    ``kwargs`` go to the trunk's constructor (e.g. ``width: 0.25`` for a narrow ResNeXt-29).
+    """
+
+    name: str = "resnet18"
+    pretrained: str | None = None
+    in_chans: int = Field(3, ge=1, le=3)
+    small_input: bool = False
+    kwargs: dict[str, Any] = {}
+
+
+class HeadConfig(_Section):
+    """A head for one task, or for several (``tasks``) when the head joins them."""
+
+    name: str
+    tasks: list[str] | None = None
+    kwargs: dict[str, Any] = {}
+
+
+class ModelConfig(_Section):
+    """Trunk, heads (default per task kind: linear, segmentation, box) and the sharing scheme."""
+
+    trunk: TrunkConfig = TrunkConfig()
+    heads: dict[str, HeadConfig] = {}
+    sharing: Literal["hard", "soft"] = "hard"
+    soft_weight: float = Field(1e-3, ge=0.0)
+
+
+class OptimizerConfig(_Section):
+    """``lr`` for the heads is ``lr * head_lr_mult`` (tau); the trunk uses ``trunk_lr`` or ``lr``."""
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(1e-2, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    head_lr_mult: float = Field(1.0, gt=0.0)
+    trunk_lr: float | None = Field(None, ge=0.0)
+
+
+class SchedulerConfig(_Section):
+    """``step`` (every ``step_size`` epochs x ``gamma``), ``cosine`` (to ``min_lr``), or ``plateau``
+    (x ``gamma`` after ``patience`` epochs without improvement of the monitored metric)."""
+
+    name: Literal["none", "step", "cosine", "plateau"] = "none"
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    patience: int = Field(3, ge=0)
+    min_lr: float = Field(0.0, ge=0.0)
+
+
+class WarmupConfig(_Section):
+    """Heads-only training first: the trunk is frozen, batch norms in eval mode (Mormont et al.)."""
+
+    steps: int = Field(0, ge=0)
+    epochs: int = Field(0, ge=0)
+    lr: float | None = Field(None, gt=0.0)
+
+
+class WeightingConfig(_Section):
+    name: str = "mean"
+    kwargs: dict[str, Any] = {}
+
+
+class EarlyStoppingConfig(_Section):
+    """Stop when the monitored validation metric has not improved for ``patience`` epochs.
+
+    ``monitor``: ``main`` (mean of the main tasks' metrics), ``all`` (mean over tasks), or a task name.
+    """
+
+    monitor: str = "main"
+    patience: int | None = Field(None, ge=1)
+    min_delta: float = 0.0
+
+
+class TrainConfig(_Section):
+    """The training loop. ``precision`` and ``devices`` go to Lightning Fabric."""
+
+    epochs: int = Field(10, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    warmup: WarmupConfig = WarmupConfig()
+    weighting: WeightingConfig = WeightingConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    freeze_stages: int = Field(0, ge=0)
+    bn_adapt_batches: int = Field(0, ge=0)
+    grad_rescale: bool = False
+    grad_clip: float | None = Field(None, gt=0.0)
+    accelerator: str = "auto"
+    devices: int = Field(1, ge=1)
+    precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
+    mlflow: bool = True
 
 
 class ExperimentConfig(_Section):
@@ -148,6 +255,8 @@ class ExperimentConfig(_Section):
     duplicates: DuplicatesConfig = DuplicatesConfig()
     leakage: LeakageConfig = LeakageConfig()
     data: DataLoaderConfig = DataLoaderConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
     decode_workers: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")

@@ -1,0 +1,387 @@
+"""The training loop, written out in one place (the Fabric pattern: the user-visible loop stays
+readable; Fabric owns device placement, precision and DDP).
+
+Each epoch: balanced (or other) task sampling -> routed forward -> per-task losses -> weighting
+-> backward -> step; then validation, history, schedule, best/last checkpoints, early stopping.
+The last checkpoint holds everything needed to continue after a kill (model, optimiser,
+scheduler, sampler, weighting and RNG states), so a resumed run ends with the same weights.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medmtl.engine import checkpoint as ckpt
+from medmtl.engine import optim
+from medmtl.engine.validate import monitor_value, predict_split, task_metrics
+from medmtl.errors import MedmtlError
+
+log = logging.getLogger("medmtl.engine")
+
+
+class TrainingError(MedmtlError):
+    """Training cannot go on (a NaN/Inf loss); the message names the step, task and last checkpoint."""
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    best_epoch: int
+    best_monitor: float
+    val_metrics: dict[str, dict[str, float]]
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+# -- building blocks --------------------------------------------------------------------------
+def task_specs_dict(data, names) -> dict:
+    return {t: data.tasks[t] for t in names}
+
+
+def build_model(cfg, specs: list):
+    """Trunk + heads from ``cfg.model`` for ``specs`` (the same call builds the model for predict)."""
+    from medmtl.models.heads.build import build_heads
+    from medmtl.models.multitask import MultiTaskModel
+    from medmtl.models.trunks import create_trunk
+
+    t = cfg.model.trunk
+    trunk = create_trunk(t.name, pretrained=t.pretrained, in_chans=t.in_chans, small_input=t.small_input, **t.kwargs)
+    head_cfg = {k: {"name": h.name, "tasks": h.tasks, **h.kwargs} for k, h in cfg.model.heads.items()}
+    heads = build_heads(specs, head_cfg, trunk.num_features, trunk.feature_info)
+    return MultiTaskModel(trunk, heads, specs, sharing=cfg.model.sharing, soft_weight=cfg.model.soft_weight)
+
+
+def _limit(dataset, limit: int | None, seed: int):
+    """Keep at most ``limit`` items per task (seeded), for quick runs; logged, never silent."""
+    if not limit:
+        return dataset
+    rng = np.random.default_rng(seed)
+    keep = []
+    for t in np.unique(dataset.task_ids):
+        idx = np.flatnonzero(dataset.task_ids == t)
+        keep.append(np.sort(rng.choice(idx, size=min(limit, len(idx)), replace=False)))
+    kept = np.sort(np.concatenate(keep))
+    log.info("%s split limited to %d of %d images (at most %d per task)", dataset.split, len(kept), len(dataset), limit)
+    dataset.items_ = dataset.items_[kept]
+    return dataset
+
+
+def build_datasets(cfg, data, tasks: list[str]):
+    from medmtl.data.dataset import MultiTaskDataset
+
+    kw = dict(tasks=tasks, preset=cfg.data.augmentation, size=cfg.data.size, in_chans=cfg.model.trunk.in_chans)
+    train = _limit(MultiTaskDataset(data, "train", train=True, **kw), cfg.data.limit_train, cfg.seed)
+    val = _limit(MultiTaskDataset(data, "val", train=False, **kw), cfg.data.limit_eval, cfg.seed + 1)
+    if len(train) == 0:
+        raise MedmtlError(f"no training images for tasks {tasks}")
+    return train, val
+
+
+def _loader(dataset, cfg, sampler=None):
+    from medmtl.data.dataset import collate
+
+    return torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler, shuffle=False,
+                                       num_workers=cfg.data.num_workers, collate_fn=collate,
+                                       persistent_workers=cfg.data.num_workers > 0)
+
+
+def _train_labels(data, specs: dict) -> dict[str, np.ndarray]:
+    """Labels of every task on the main task's training images (what ``spearman`` correlates)."""
+    main = next((t for t, s in specs.items() if s.role == "main"), next(iter(specs)))
+    rows = data.rows(main, "train")
+    out = {}
+    for t, s in specs.items():
+        if s.source == specs[main].source and data.labels[t].ndim == 1:
+            out[t] = data.labels[t][rows]
+    return out
+
+
+# -- the loop ---------------------------------------------------------------------------------
+class Trainer:
+    """Runs one training job into ``run_dir``. Use :func:`fit`."""
+
+    def __init__(self, cfg, data, run_dir: Path, progress: bool = True):
+        from lightning.fabric import Fabric
+
+        from medmtl.data.samplers import SAMPLERS
+        from medmtl.mtl.weightings import WEIGHTINGS
+
+        self.cfg, self.data, self.run_dir, self.progress = cfg, data, Path(run_dir), progress
+        tc = cfg.train
+        self.fabric = Fabric(accelerator=tc.accelerator, devices=tc.devices, precision=tc.precision)
+        self.fabric.seed_everything(cfg.seed, verbose=False)
+        self.tasks = [t.name for t in cfg.tasks]
+        self.specs = task_specs_dict(data, self.tasks)
+        self.train_set, self.val_set = build_datasets(cfg, data, self.tasks)
+        n = tc.steps_per_epoch * cfg.data.batch_size if tc.steps_per_epoch else None
+        self.sampler = SAMPLERS.get(cfg.data.sampler)(self.train_set.task_ids, num_samples=n, seed=cfg.seed)
+        self.model = build_model(cfg, list(self.specs.values()))
+        self.weighting = WEIGHTINGS.get(tc.weighting.name)(**tc.weighting.kwargs)
+        self.weighting.setup(list(self.specs.values()), _train_labels(data, self.specs))
+        self.weighting_meta = WEIGHTINGS.meta(tc.weighting.name)
+        self.frozen = set()
+        for trunk in self._trunks():
+            self.frozen |= {id(p) for p in optim.freeze_stages(trunk, tc.freeze_stages)}
+        self.groups = optim.param_groups(self.model, tc.optimizer, self.weighting)
+        for g in self.groups:
+            g["params"] = [p for p in g["params"] if id(p) not in self.frozen]
+        self.optimizer = optim.build_optimizer([g for g in self.groups if g["params"]], tc.optimizer)
+        from medmtl.metrics import higher_is_better
+
+        main_metric = next((s.metric for s in self.specs.values() if s.role == "main"), "auc")
+        self.mode = "max" if higher_is_better(main_metric) else "min"
+        self.scheduler = optim.build_scheduler(self.optimizer, tc.scheduler, tc.epochs, self.mode)
+        self.model, self.optimizer = self.fabric.setup(self.model, self.optimizer)
+        self.weighting.to(self.fabric.device)
+        self.train_loader = _loader(self.train_set, cfg, self.sampler)
+        self.val_loader = _loader(self.val_set, cfg)
+        self.epoch, self.step = 0, 0
+        self.best = {"epoch": -1, "monitor": math.nan, "metrics": {}}
+        self.bad_epochs = 0
+        self.history: list[dict] = []
+        self.ckpt_dir = self.run_dir / "checkpoints"
+
+    @property
+    def net(self):
+        return self.model.module if hasattr(self.model, "module") else self.model
+
+    def _trunks(self):
+        net = self.model.module if hasattr(self.model, "module") else self.model
+        return list(net.trunks.values()) if getattr(net, "sharing", "hard") == "soft" else [net.trunk]
+
+    # -- state --------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else {},
+            "sampler": self.sampler.state_dict(), "weighting": self.weighting.state_dict(),
+            "rng": ckpt.rng_state(), "epoch": self.epoch, "step": self.step, "best": self.best,
+            "bad_epochs": self.bad_epochs, "history": self.history, "tasks": _spec_dicts(self.specs),
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.weighting.load_state_dict(state["weighting"])
+        ckpt.set_rng_state(state["rng"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best, self.bad_epochs, self.history = state["best"], state["bad_epochs"], state["history"]
+
+    # -- one epoch ----------------------------------------------------------------------------
+    def _warming(self) -> bool:
+        w = self.cfg.train.warmup
+        return self.step < w.steps or self.epoch < w.epochs
+
+    def train_epoch(self) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        self.sampler.set_epoch(self.epoch)
+        totals: dict[str, list[float]] = {t: [0.0, 0] for t in self.tasks}
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}", leave=False,
+                   disable=not self.progress, mininterval=0.5)
+        for batch in bar:
+            losses, counts, rows_per_head = self.train_step(batch)
+            for t, v in losses.items():
+                totals[t][0] += v * counts[t]
+                totals[t][1] += counts[t]
+            bar.set_postfix({t: f"{s / max(n, 1):.3f}" for t, (s, n) in totals.items() if n}, refresh=False)
+        return {t: (s / n if n else math.nan) for t, (s, n) in totals.items()}
+
+    def _set_train_mode(self, warming: bool) -> None:
+        self.model.train()
+        for trunk in self._trunks():
+            optim.apply_frozen_bn(trunk, self.cfg.train.freeze_stages)
+            if warming:
+                optim.set_bn_eval(trunk)
+
+    def train_step(self, batch):
+        from medmtl.mtl.losses import compute_losses
+
+        tc = self.cfg.train
+        warming = self._warming()
+        self._set_train_mode(warming)
+        device = self.fabric.device
+        x = batch["image"].to(device)
+        mask = {t: m.to(device) for t, m in batch["label_mask"].items()}
+        labels = _to(batch["labels"], device)
+        trunk_params = [p for t in self._trunks() for p in t.parameters() if p.requires_grad and id(p) not in self.frozen]
+        if warming:
+            for p in trunk_params:
+                p.requires_grad_(False)
+        try:
+            outputs = self.model(x, label_mask=mask)
+            per_sample = compute_losses(self.specs, outputs, {"labels": labels, "label_mask": mask, "image": x})
+            means = {t: v.mean() for t, v in per_sample.items() if v.numel()}
+            counts = {t: int(v.numel()) for t, v in per_sample.items()}
+            self._check_finite(means)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.weighting_meta.get("needs_per_task_grads") and not warming:
+                self.weighting.backward(means, trunk_params)
+                total = torch.stack(list(means.values())).sum()
+            else:
+                total, _ = self.weighting(means, counts=counts)
+                total = total + self.net.sharing_penalty()
+                self._check_finite({"total": total})
+                self.fabric.backward(total)
+            if tc.grad_rescale:
+                rows = {h: max((counts.get(t, 0) for t in head.task_names), default=0)
+                        for h, head in self.net.heads.items()}
+                optim.rescale_head_grads(self.net.heads, rows, len(x))
+            if tc.grad_clip:
+                self.fabric.clip_gradients(self.model, self.optimizer, max_norm=tc.grad_clip)
+            self._warmup_lr(warming)
+            self.optimizer.step()
+        finally:
+            if warming:
+                for p in trunk_params:
+                    p.requires_grad_(True)
+        self.step += 1
+        return {t: float(v.detach()) for t, v in means.items()}, counts, None
+
+    def _warmup_lr(self, warming: bool) -> None:
+        lr = self.cfg.train.warmup.lr
+        for g in self.optimizer.param_groups:
+            if g.get("name") == "heads" and lr is not None:
+                if warming:
+                    g.setdefault("main_lr", g["lr"])
+                    g["lr"] = lr
+                elif "main_lr" in g:
+                    g["lr"] = g.pop("main_lr")
+
+    def _check_finite(self, values: dict[str, torch.Tensor]) -> None:
+        for task, v in values.items():
+            if not torch.isfinite(v).all():
+                last = self.ckpt_dir / "last.ckpt"
+                raise TrainingError(
+                    f"loss of task {task!r} is {float(v.detach())} at step {self.step} (epoch {self.epoch + 1}); "
+                    f"last good checkpoint: {last if last.exists() else 'none written yet'}. Lower the learning "
+                    "rate or check the labels of that task")
+
+    # -- validation and bookkeeping ---------------------------------------------------------------
+    def validate(self) -> tuple[dict, dict]:
+        from medmtl.mtl.losses import compute_losses  # noqa: F401  (same loss definitions as training)
+
+        preds = predict_split(self.model, self.val_loader, self.specs, self.fabric.device)
+        metrics = {t: task_metrics(self.specs[t], p["y"], p["p"]) for t, p in preds.items()}
+        return metrics, preds
+
+    def fit(self) -> FitResult:
+        tc = self.cfg.train
+        if tc.bn_adapt_batches and self.epoch == 0 and self.step == 0:
+            self._adapt_bn()
+        stopped = False
+        while self.epoch < tc.epochs:
+            start = time.perf_counter()
+            train_losses = self.train_epoch()
+            metrics, _ = self.validate()
+            monitor = monitor_value(metrics, self.specs, tc.early_stopping.monitor)
+            self.weighting.epoch_end(self.epoch, train_losses)
+            self._schedule(monitor)
+            improved = self._improved(monitor)
+            row = {"epoch": self.epoch + 1, "seconds": round(time.perf_counter() - start, 3),
+                   "lr": self.optimizer.param_groups[0]["lr"], "monitor": monitor}
+            row.update({f"train_loss/{t}": v for t, v in train_losses.items()})
+            row.update({f"val_{m}/{t}": v for t, ms in metrics.items() for m, v in ms.items()})
+            self.history.append(row)
+            self.epoch += 1
+            if improved:
+                self.best = {"epoch": self.epoch, "monitor": monitor, "metrics": metrics}
+                self.bad_epochs = 0
+                # a copy of the weights at this epoch, never a reference to the live model
+                ckpt.save_atomic({"model": copy.deepcopy(self.net.state_dict()), "epoch": self.epoch,
+                                  "metrics": metrics, "tasks": _spec_dicts(self.specs)}, self.ckpt_dir / "best.ckpt")
+            else:
+                self.bad_epochs += 1
+            ckpt.save_atomic(self.state(), self.ckpt_dir / "last.ckpt")
+            self._write_history()
+            self._log_mlflow(row)
+            log.info("epoch %d: %s", self.epoch, {k: v for k, v in row.items() if k.startswith("val_")})
+            if tc.early_stopping.patience and self.bad_epochs >= tc.early_stopping.patience:
+                log.info("early stopping after %d epochs without improvement", self.bad_epochs)
+                stopped = True
+                break
+        (self.run_dir / "metrics.json").write_text(json.dumps(
+            {"best_epoch": self.best["epoch"], "monitor": self.best["monitor"], "val": self.best["metrics"]},
+            indent=2, default=float))
+        return FitResult(self.run_dir, self.best["epoch"], self.best["monitor"], self.best["metrics"],
+                         self.history, stopped)
+
+    def _improved(self, monitor: float) -> bool:
+        if math.isnan(monitor):
+            return self.best["epoch"] < 0
+        best = self.best["monitor"]
+        if best is None or math.isnan(best):
+            return True
+        delta = self.cfg.train.early_stopping.min_delta
+        return monitor > best + delta if self.mode == "max" else monitor < best - delta
+
+    def _schedule(self, monitor: float) -> None:
+        if self.scheduler is None:
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if not math.isnan(monitor):
+                self.scheduler.step(monitor)
+        else:
+            self.scheduler.step()
+
+    def _adapt_bn(self) -> None:
+        it = iter(self.train_loader)
+        batches = [next(it) for _ in range(min(self.cfg.train.bn_adapt_batches, len(self.train_loader)))]
+        device = self.fabric.device
+        n = optim.adapt_batchnorm(self.net, batches, lambda b: self.net(b["image"].to(device)))
+        log.info("batch-norm statistics re-estimated on %d batches (%d layers)", len(batches), n)
+
+    def _write_history(self) -> None:
+        keys = list(dict.fromkeys(k for row in self.history for k in row))
+        tmp = self.run_dir / ".history.csv.tmp"
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.history)
+        tmp.replace(self.run_dir / "history.csv")
+
+    def _log_mlflow(self, row: dict) -> None:
+        if not self.cfg.train.mlflow or not self.fabric.is_global_zero:
+            return
+        from medmtl.engine.tracking import log_epoch
+
+        log_epoch(self.cfg, self.run_dir, row)
+
+
+def _to(obj, device):
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj.to(device)
+
+
+def _spec_dicts(specs: dict) -> list[dict]:
+    return [{"name": s.name, "kind": s.kind, "classes": list(s.classes), "target": s.target, "source": s.source,
+             "role": s.role, "loss_weight": s.loss_weight, "metric": s.metric, "group_key": s.group_key,
+             "domain": s.domain} for s in specs.values()]
+
+
+def fit(cfg, data, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> FitResult:
+    """Train ``cfg``'s model on prepared ``data`` into ``run_dir``; ``resume`` continues from
+    ``run_dir/checkpoints/last.ckpt`` (after a crash or a kill -9)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg, data, run_dir, progress=progress)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise MedmtlError(f"--resume {run_dir}: no checkpoint at {last}")
+        trainer.load_state(ckpt.load(last))
+        log.info("resumed from %s at epoch %d", last, trainer.epoch)
+    return trainer.fit()

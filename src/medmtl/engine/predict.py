@@ -1,0 +1,66 @@
+"""Scores for new image files from a finished run (its resolved config and best checkpoint)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medmtl.errors import MedmtlError
+
+
+def _specs(saved: list[dict]):
+    from medmtl.data.pipeline import TaskSpec
+
+    return [TaskSpec(d["name"], d["kind"], tuple(d["classes"]), d["target"], d["source"], d["role"],
+                     d["loss_weight"], d["metric"], d["group_key"], d["domain"]) for d in saved]
+
+
+def load_run(run_dir: Path):
+    """(config, model in eval mode, task specs) of a run directory."""
+    from medmtl.config import load_config
+    from medmtl.engine import checkpoint as ckpt
+    from medmtl.engine.loop import build_model
+
+    best = run_dir / "checkpoints" / "best.ckpt"
+    if not best.is_file():
+        raise MedmtlError(f"{run_dir} has no checkpoints/best.ckpt: is it a finished medmtl run?")
+    cfg = load_config(run_dir / "config.yaml")
+    state = ckpt.load(best)
+    specs = _specs(state["tasks"])
+    cfg.model.trunk.pretrained = None   # the checkpoint holds the trained weights
+    model = build_model(cfg, specs)
+    model.load_state_dict(state["model"])
+    return cfg, model.eval(), specs
+
+
+@torch.no_grad()
+def predict_files(run_dir: Path, paths: list[Path], task: str | None = None):
+    import pandas as pd
+
+    from medmtl.data.cache import resize, to_mode
+    from medmtl.data.records import FileSource
+    from medmtl.data.transforms import build_transform
+
+    cfg, model, specs = load_run(run_dir)
+    names = [s.name for s in specs]
+    if task is not None and task not in names:
+        raise MedmtlError(f"--task {task!r} is not a task of this run; it has {names}")
+    chosen = [s for s in specs if task in (None, s.name) and s.kind in ("binary", "multiclass", "ordinal", "multilabel")]
+    rows = []
+    for path in paths:
+        if not path.is_file():
+            raise MedmtlError(f"image not found: {path}")
+        native = FileSource(path).load()
+        for spec in chosen:
+            tcfg = cfg.task(spec.name)
+            img = resize(to_mode(native, tcfg.image.mode), tcfg.image.size).reshape(tcfg.image.size, tcfg.image.size, -1)
+            size = cfg.data.size or tcfg.image.size
+            x = build_transform(cfg.data.augmentation, train=False, size=size, in_chans=cfg.model.trunk.in_chans)(img)["image"]
+            out, _ = model(x[None])[spec.name]
+            probs = (out.sigmoid() if spec.kind == "multilabel" else out.softmax(1))[0].numpy()
+            row = {"image": str(path), "task": spec.name}
+            row.update({f"score_{c}": float(p) for c, p in zip(spec.classes, probs)})
+            row["predicted"] = spec.classes[int(np.argmax(probs))]
+            rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,1 @@
+"""Models: trunks, heads and the multi-task network that joins them."""

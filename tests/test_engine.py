@@ -1,0 +1,187 @@
+"""The training engine on real data: determinism, kill -9 and resume, warm-up, NaN, checkpoints."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from medmtl.config import parse_config
+from medmtl.engine import checkpoint as ckpt
+from medmtl.engine.loop import Trainer, TrainingError, fit
+from tests.conftest import REPO, need_data
+
+
+def _cfg(tmp_path, cache, **train):
+    need_data("medmnist")
+    raw = {
+        "name": "engine", "seed": 3, "cache_dir": str(cache), "run_dir": str(tmp_path / "run"),
+        "tasks": [
+            {"name": "breastmnist", "kind": "binary", "classes": ["malignant", "benign_or_normal"], "target": "label",
+             "reader": {"name": "medmnist", "path": "${MEDMTL_DATA}/medmnist/breastmnist.npz"},
+             "image": {"size": 28, "mode": "L"}, "split": {"method": "official"}},
+            {"name": "retinamnist", "kind": "ordinal", "classes": ["0", "1", "2", "3", "4"], "target": "label",
+             "role": "auxiliary",
+             "reader": {"name": "medmnist", "path": "${MEDMTL_DATA}/medmnist/retinamnist.npz"},
+             "image": {"size": 28, "mode": "RGB"}, "split": {"method": "official"}},
+        ],
+        "leakage": {"policy": "off"},
+        "data": {"batch_size": 16, "augmentation": "s0", "size": 28, "limit_train": 64, "limit_eval": 48},
+        "model": {"trunk": {"name": "test_tiny"}},
+        "train": {"epochs": 3, "optimizer": {"lr": 0.05}, "mlflow": False, **train},
+    }
+    return parse_config(raw), raw
+
+
+@pytest.fixture(scope="module")
+def medmnist_data(tmp_path_factory, shared_cache):
+    from medmtl.data.pipeline import prepare
+
+    cfg, _ = _cfg(tmp_path_factory.mktemp("prep"), shared_cache)
+    return prepare(cfg, progress=False)
+
+
+def _weights(path):
+    return ckpt.load(path)["model"]
+
+
+def test_same_seed_same_numbers(tmp_path, shared_cache, medmnist_data):
+    runs = []
+    for k in range(2):
+        cfg, _ = _cfg(tmp_path / str(k), shared_cache)
+        runs.append(fit(cfg, medmnist_data, tmp_path / str(k) / "run", progress=False))
+    assert runs[0].history == [dict(r, seconds=runs[0].history[i]["seconds"]) for i, r in enumerate(runs[1].history)]
+    a, b = (_weights(tmp_path / str(k) / "run/checkpoints/last.ckpt") for k in range(2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    hist = (tmp_path / "0/run/history.csv").read_text().splitlines()
+    assert len(hist) == 4 and "train_loss/breastmnist" in hist[0] and "val_auc/retinamnist" in hist[0]
+
+
+def test_best_checkpoint_is_a_copy_not_the_live_model(tmp_path, shared_cache, medmnist_data):
+    cfg, _ = _cfg(tmp_path, shared_cache, epochs=4)
+    res = fit(cfg, medmnist_data, tmp_path / "run", progress=False)
+    best = ckpt.load(tmp_path / "run/checkpoints/best.ckpt")
+    last = ckpt.load(tmp_path / "run/checkpoints/last.ckpt")
+    assert best["epoch"] == res.best_epoch
+    if res.best_epoch < 4:          # the best epoch's weights, not the final ones
+        assert any(not torch.equal(best["model"][k], last["model"][k]) for k in best["model"])
+    assert set(best["metrics"]) == {"breastmnist", "retinamnist"}
+
+
+def test_kill_dash_nine_then_resume_ends_with_the_same_weights(tmp_path, shared_cache, medmnist_data):
+    cfg, raw = _cfg(tmp_path, shared_cache, epochs=6)
+    raw["data"]["limit_train"] = 400
+    ref = tmp_path / "ref"
+    cfg_ref = parse_config({**raw, "run_dir": str(ref)})
+    fit(cfg_ref, medmnist_data, ref, progress=False)
+
+    run = tmp_path / "killed"
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({**raw, "run_dir": str(run)}))
+    env = {**os.environ, "MEDMTL_DATA": os.environ.get("MEDMTL_DATA", str(REPO.parent / "shared" / "datasets"))}
+    cli = [sys.executable, "-m", "medmtl.cli"]
+    proc = subprocess.Popen([*cli, "train", str(path), "--no-progress"], cwd=REPO, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        hist = run / "history.csv"
+        if hist.is_file() and len(hist.read_text().splitlines()) >= 3:   # two epochs written
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = ckpt.load(run / "checkpoints/last.ckpt")["epoch"]
+    assert 1 <= done < 6, f"the run was not killed mid-way (epoch {done})"
+    subprocess.run([*cli, "train", "--resume", str(run), "--no-progress"], cwd=REPO, env=env, check=True)
+    a, b = _weights(ref / "checkpoints/last.ckpt"), _weights(run / "checkpoints/last.ckpt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert ckpt.load(run / "checkpoints/last.ckpt")["epoch"] == 6
+
+
+def test_warmup_leaves_trunk_weights_and_bn_statistics_unchanged(tmp_path, shared_cache, medmnist_data):
+    cfg, _ = _cfg(tmp_path, shared_cache, warmup={"steps": 3}, epochs=1)
+    trainer = Trainer(cfg, medmnist_data, tmp_path / "run", progress=False)
+    trunk0 = {k: v.clone() for k, v in trainer.net.trunk.state_dict().items()}
+    heads0 = {k: v.clone() for k, v in trainer.net.heads.state_dict().items()}
+    batches = iter(trainer.train_loader)
+    for _ in range(3):
+        trainer.train_step(next(batches))
+    after = trainer.net.trunk.state_dict()
+    assert all(torch.equal(trunk0[k], after[k]) for k in trunk0)           # weights and running stats
+    assert any(not torch.equal(heads0[k], v) for k, v in trainer.net.heads.state_dict().items())
+    trainer.train_step(next(batches))                                      # warm-up over: trunk moves
+    assert any(not torch.equal(trunk0[k], v) for k, v in trainer.net.trunk.state_dict().items())
+
+
+def test_freeze_stages_keeps_the_first_stage(tmp_path, shared_cache, medmnist_data):
+    cfg, _ = _cfg(tmp_path, shared_cache, freeze_stages=1, epochs=1)
+    trainer = Trainer(cfg, medmnist_data, tmp_path / "run", progress=False)
+    stem0 = {k: v.clone() for k, v in trainer.net.trunk.stem.state_dict().items()}
+    for batch, _ in zip(trainer.train_loader, range(3)):
+        trainer.train_step(batch)
+    assert all(torch.equal(stem0[k], v) for k, v in trainer.net.trunk.stem.state_dict().items())
+
+
+def test_nan_loss_stops_with_step_task_and_checkpoint(tmp_path, shared_cache, medmnist_data, monkeypatch):
+    import medmtl.mtl.losses as losses
+
+    real = losses.compute_losses
+    calls = {"n": 0}
+
+    def poisoned(specs, outputs, batch):
+        out = real(specs, outputs, batch)
+        calls["n"] += 1
+        if calls["n"] >= 12 and "retinamnist" in out:   # in epoch 2, after a checkpoint exists
+            out["retinamnist"] = out["retinamnist"] * float("nan")
+        return out
+
+    monkeypatch.setattr(losses, "compute_losses", poisoned)
+    cfg, _ = _cfg(tmp_path, shared_cache, epochs=3)
+    with pytest.raises(TrainingError, match=r"task 'retinamnist' is nan at step \d+ .*last good checkpoint: .*last.ckpt"):
+        fit(cfg, medmnist_data, tmp_path / "run", progress=False)
+
+
+def test_bn_adaptation_keeps_eval_outputs(tmp_path, shared_cache, medmnist_data):
+    from medmtl.engine.optim import adapt_batchnorm
+
+    cfg, _ = _cfg(tmp_path, shared_cache, epochs=1)
+    trainer = Trainer(cfg, medmnist_data, tmp_path / "run", progress=False)
+    net = trainer.net
+    batches = [b for b, _ in zip(trainer.train_loader, range(3))]
+    x = batches[0]["image"]
+    net.eval()
+    before = net.trunk(x)
+    mean0 = net.trunk.stem[1].running_mean.clone()
+    n = adapt_batchnorm(net, batches, lambda b: net(b["image"]))
+    net.eval()
+    assert n == 2
+    assert not torch.allclose(net.trunk.stem[1].running_mean, mean0)     # statistics re-estimated
+    torch.testing.assert_close(net.trunk(x), before, rtol=1e-4, atol=1e-4)  # same function
+
+
+def test_mlflow_store_in_run_dir_and_predict_cli(tmp_path, shared_cache, medmnist_data):
+    from typer.testing import CliRunner
+
+    from medmtl.api import save_resolved_config
+    from medmtl.cli import app
+
+    cfg, _ = _cfg(tmp_path, shared_cache, epochs=1, mlflow=True)
+    run = tmp_path / "run"
+    save_resolved_config(cfg, run)
+    fit(cfg, medmnist_data, run, progress=False)
+    assert (run / "mlflow.db").is_file() and (run / "mlflow_run_id").is_file()
+    img = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8)).save(img)
+    out = CliRunner().invoke(app, ["predict", str(run), str(img), "--task", "breastmnist"])
+    assert out.exit_code == 0, out.output
+    header, row = out.stdout.strip().splitlines()
+    assert header == "image,task,score_malignant,score_benign_or_normal,predicted"
+    scores = [float(v) for v in row.split(",")[2:4]]
+    assert abs(sum(scores) - 1) < 1e-5
