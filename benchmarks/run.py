@@ -3,6 +3,15 @@
 cache_second_vs_first: a pass over every PCam image (read the folders, decode/resize, hash and
 dedupe, then touch every image) with an empty cache, divided by the same pass on the warm cache.
 Goal >= 10.
+
+trainer_vs_bare: medmtl's multi-task training step throughput (Fabric, routing, per-task losses,
+weighting, finiteness checks) over a bare PyTorch loop with the same trunk, heads, batches and
+optimiser, one forward per batch. Both consume the same pre-collated batches of cached data;
+the two loops alternate over several rounds and the medians are compared. Goal >= 0.95.
+
+pipeline_vs_model: images/s of the input pipeline alone (cached decode + s0 augmentation +
+collation, with the loader workers of the default config) over images/s of training steps on
+pre-loaded batches. Goal >= 3.
 """
 from __future__ import annotations
 
@@ -38,12 +47,101 @@ def pcam_pass(cache_dir: str, run_dir: str) -> float:
     return elapsed
 
 
+def _train_config(run_dir: str):
+    task = lambda name, path, mode, kind, classes: {  # noqa: E731
+        "name": name, "kind": kind, "classes": classes, "target": "label",
+        "reader": {"name": "medmnist", "path": f"${{MEDMTL_DATA}}/medmnist/{path}"},
+        "image": {"size": 28, "mode": mode}, "split": {"method": "official"}}
+    return parse_config({
+        "name": "bench_train", "seed": 0, "cache_dir": str(REPO / "runs" / "cache"), "run_dir": run_dir,
+        "leakage": {"policy": "off"},
+        "tasks": [task("breastmnist", "breastmnist.npz", "L", "binary", ["malignant", "normal_or_benign"]),
+                  task("retinamnist", "retinamnist.npz", "RGB", "ordinal", ["0", "1", "2", "3", "4"])],
+        "data": {"batch_size": 64, "size": 32, "augmentation": "s0"},
+        "model": {"trunk": {"name": "resnext29", "kwargs": {"width": 0.25}}},
+        "train": {"epochs": 1, "optimizer": {"lr": 0.01}, "mlflow": False},
+    })
+
+
+def _bare_step_fn(trainer):
+    """The same trunk and heads, trained by the plainest loop: forward, masked CE per task, step."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    trunk = copy.deepcopy(trainer.net.trunk)
+    heads = copy.deepcopy(trainer.net.heads)
+    params = list(trunk.parameters()) + list(heads.parameters())
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    tasks = list(trainer.specs)
+
+    def step(batch):
+        trunk.train(); heads.train()
+        feats = trunk(batch["image"])
+        total, n = 0.0, 0
+        for t in tasks:
+            rows = batch["label_mask"][t]
+            if rows.any():
+                from medmtl.models.heads import Features
+
+                f = Features(feats[rows], None, tuple(batch["image"].shape[-2:]))
+                logits = heads[trainer.net.head_of[t]](f)[t]
+                total = total + F.cross_entropy(logits, batch["labels"][t][rows], reduction="sum")
+                n += int(rows.sum())
+        opt.zero_grad(set_to_none=True)
+        (total / n).backward()
+        opt.step()
+    return step
+
+
+def train_ratios(rounds: int = 5, steps: int = 6) -> tuple[float, float]:
+    import statistics
+
+    import torch
+
+    from medmtl.data.pipeline import prepare
+    from medmtl.engine.loop import Trainer
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = _train_config(f"{tmp}/run")
+        data = prepare(cfg, progress=False, write_splits=False)
+        trainer = Trainer(cfg, data, f"{tmp}/run", progress=False)
+        loader_iter = iter(trainer.train_loader)
+        start = time.perf_counter()
+        batches = [next(loader_iter) for _ in range(steps * 2)]
+        pipeline_ips = len(batches) * cfg.data.batch_size / (time.perf_counter() - start)
+        bare = _bare_step_fn(trainer)
+        for b in batches[:2]:   # warm up both loops (allocator, kernels)
+            trainer.train_step(b)
+            bare(b)
+        t_medmtl, t_bare = [], []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for b in batches[:steps]:
+                trainer.train_step(b)
+            t_medmtl.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for b in batches[:steps]:
+                bare(b)
+            t_bare.append(time.perf_counter() - start)
+    med, bar = statistics.median(t_medmtl), statistics.median(t_bare)
+    model_ips = steps * cfg.data.batch_size / med
+    print(f"# training step: medmtl {med / steps * 1000:.1f} ms, bare {bar / steps * 1000:.1f} ms; "
+          f"pipeline {pipeline_ips:.0f} img/s, model {model_ips:.0f} img/s", file=sys.stderr)
+    return bar / med, pipeline_ips / model_ips
+
+
 def main() -> None:
     os.environ.setdefault("MEDMTL_DATA", str(REPO.parent / "shared" / "datasets"))
     with tempfile.TemporaryDirectory() as tmp:
         first = pcam_pass(f"{tmp}/cache", f"{tmp}/run")
         second = pcam_pass(f"{tmp}/cache", f"{tmp}/run")
     print(f"cache_second_vs_first: {first / second:.1f}")
+    trainer_vs_bare, pipeline_vs_model = train_ratios()
+    print(f"trainer_vs_bare: {trainer_vs_bare:.2f}")
+    print(f"pipeline_vs_model: {pipeline_vs_model:.1f}")
 
 
 if __name__ == "__main__":

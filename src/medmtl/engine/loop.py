@@ -105,6 +105,22 @@ def _train_labels(data, specs: dict) -> dict[str, np.ndarray]:
     return out
 
 
+class RankSlice(torch.utils.data.Sampler):
+    """Under DDP every rank draws the same task-balanced order and keeps every world-th index,
+    so the ranks see disjoint samples and the sampler's resumable state stays one state."""
+
+    def __init__(self, sampler, rank: int, world: int):
+        self.sampler, self.rank, self.world = sampler, rank, world
+
+    def __iter__(self):
+        for i, idx in enumerate(self.sampler):
+            if i % self.world == self.rank:
+                yield idx
+
+    def __len__(self) -> int:
+        return (len(self.sampler) - self.rank + self.world - 1) // self.world
+
+
 # -- the loop ---------------------------------------------------------------------------------
 class Trainer:
     """Runs one training job into ``run_dir``. Use :func:`fit`."""
@@ -118,6 +134,7 @@ class Trainer:
         self.cfg, self.data, self.run_dir, self.progress = cfg, data, Path(run_dir), progress
         tc = cfg.train
         self.fabric = Fabric(accelerator=tc.accelerator, devices=tc.devices, precision=tc.precision)
+        self.fabric.launch()   # no-op on one device; starts the DDP processes for --devices N
         self.fabric.seed_everything(cfg.seed, verbose=False)
         self.tasks = [t.name for t in cfg.tasks]
         self.specs = task_specs_dict(data, self.tasks)
@@ -142,7 +159,9 @@ class Trainer:
         self.scheduler = optim.build_scheduler(self.optimizer, tc.scheduler, tc.epochs, self.mode)
         self.model, self.optimizer = self.fabric.setup(self.model, self.optimizer)
         self.weighting.to(self.fabric.device)
-        self.train_loader = _loader(self.train_set, cfg, self.sampler)
+        world = self.fabric.world_size
+        sampler = RankSlice(self.sampler, self.fabric.global_rank, world) if world > 1 else self.sampler
+        self.train_loader = _loader(self.train_set, cfg, sampler)
         self.val_loader = _loader(self.val_set, cfg)
         self.epoch, self.step = 0, 0
         self.best = {"epoch": -1, "monitor": math.nan, "metrics": {}}
@@ -296,25 +315,31 @@ class Trainer:
             row.update({f"val_{m}/{t}": v for t, ms in metrics.items() for m, v in ms.items()})
             self.history.append(row)
             self.epoch += 1
+            rank0 = self.fabric.is_global_zero
             if improved:
                 self.best = {"epoch": self.epoch, "monitor": monitor, "metrics": metrics}
                 self.bad_epochs = 0
                 # a copy of the weights at this epoch, never a reference to the live model
-                ckpt.save_atomic({"model": copy.deepcopy(self.net.state_dict()), "epoch": self.epoch,
-                                  "metrics": metrics, "tasks": _spec_dicts(self.specs)}, self.ckpt_dir / "best.ckpt")
+                if rank0:
+                    ckpt.save_atomic({"model": copy.deepcopy(self.net.state_dict()), "epoch": self.epoch,
+                                      "metrics": metrics, "tasks": _spec_dicts(self.specs)},
+                                     self.ckpt_dir / "best.ckpt")
             else:
                 self.bad_epochs += 1
-            ckpt.save_atomic(self.state(), self.ckpt_dir / "last.ckpt")
-            self._write_history()
+            if rank0:
+                ckpt.save_atomic(self.state(), self.ckpt_dir / "last.ckpt")
+                self._write_history()
             self._log_mlflow(row)
             log.info("epoch %d: %s", self.epoch, {k: v for k, v in row.items() if k.startswith("val_")})
             if tc.early_stopping.patience and self.bad_epochs >= tc.early_stopping.patience:
                 log.info("early stopping after %d epochs without improvement", self.bad_epochs)
                 stopped = True
                 break
-        (self.run_dir / "metrics.json").write_text(json.dumps(
-            {"best_epoch": self.best["epoch"], "monitor": self.best["monitor"], "val": self.best["metrics"]},
-            indent=2, default=float))
+        self.fabric.barrier()
+        if self.fabric.is_global_zero:
+            (self.run_dir / "metrics.json").write_text(json.dumps(
+                {"best_epoch": self.best["epoch"], "monitor": self.best["monitor"], "val": self.best["metrics"]},
+                indent=2, default=float))
         return FitResult(self.run_dir, self.best["epoch"], self.best["monitor"], self.best["metrics"],
                          self.history, stopped)
 
