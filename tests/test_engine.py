@@ -185,3 +185,18 @@ def test_mlflow_store_in_run_dir_and_predict_cli(tmp_path, shared_cache, medmnis
     assert header == "image,task,score_malignant,score_benign_or_normal,predicted"
     scores = [float(v) for v in row.split(",")[2:4]]
     assert abs(sum(scores) - 1) < 1e-5
+
+
+def test_ddp_two_processes_on_cpu(tmp_path, shared_cache, medmnist_data):
+    """`--devices 2` runs the same loop under DDP (gloo on CPU): two ranks, one run dir."""
+    _, raw = _cfg(tmp_path, shared_cache, epochs=2, accelerator="cpu")
+    raw["tasks"] = raw["tasks"][:1]
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({**raw, "run_dir": str(tmp_path / "ddp")}))
+    env = {**os.environ, "MEDMTL_DATA": os.environ.get("MEDMTL_DATA", str(REPO.parent / "shared" / "datasets"))}
+    out = subprocess.run([sys.executable, "-m", "medmtl.cli", "train", str(path), "--devices", "2", "--no-progress"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Starting with 2 processes" in out.stdout + out.stderr
+    assert ckpt.load(tmp_path / "ddp/checkpoints/last.ckpt")["epoch"] == 2
+    assert len((tmp_path / "ddp/history.csv").read_text().splitlines()) == 3

@@ -125,6 +125,12 @@ class LeakageConfig(_Section):
     """
 
     policy: Literal["exclude", "error", "off"] = "exclude"
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        # YAML 1.1 reads a bare `off` as the boolean false; that is what the user meant
+        return "off" if v is False else v
     min_correlation: float = Field(0.9, gt=0.0, le=1.0)
     min_detail_correlation: float = Field(0.8, gt=0.0, le=1.0)
     thumbnail: int = Field(32, ge=8, le=128)
