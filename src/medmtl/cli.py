@@ -64,6 +64,23 @@ def train(
 
 
 @app.command()
+def run(
+    config: Path = typer.Argument(..., help="Experiment YAML with an 'experiment' section (arms to compare)."),
+    quick: bool = typer.Option(False, "--quick", help="Apply the config's 'quick' overrides (a CPU version)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Run a comparison of strategies: every arm and seed, test scores, results and report."""
+    from medmtl.config import load_config
+    from medmtl.experiment import run_experiment
+
+    try:
+        out = run_experiment(load_config(config), quick=quick, progress=progress and sys.stderr.isatty())
+    except (MedmtlError, KeyError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(f"results: {out / 'results'}")
+
+
+@app.command()
 def predict(
     run_dir: Path = typer.Argument(..., help="A finished training run."),
     images: list[Path] = typer.Argument(..., help="Image files."),

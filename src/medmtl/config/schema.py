@@ -250,6 +250,42 @@ class TrainConfig(_Section):
     mlflow: bool = True
 
 
+class ArmConfig(_Section):
+    """One arm of a comparison: a registered strategy and its settings.
+
+    ``tasks``: the tasks trained together (``stl``: the main task; ``mtl``/``joint``: main plus
+    auxiliary/pool tasks). ``source``: the source tasks of ``sequential`` transfer.
+    ``source_arm``: take the trunk of another arm's model (``feature_extraction``, ``finetune``).
+    ``pretrained``: the trunk's starting weights when no ``source_arm`` (``imagenet``, a path, or
+    null for random init). ``head``: the new head for the target (``sequential``). ``lrs``: the
+    fine-tuning learning-rate grid; ``freeze``: the freezing depths of ``freeze_sweep``; ``svm_c``:
+    the C grid of the linear SVM. ``overrides``: dotted config keys set for this arm only.
+    """
+
+    name: str
+    strategy: str
+    tasks: list[str] | None = None
+    source: list[str] | None = None
+    source_arm: str | None = None
+    pretrained: str | None = "inherit"
+    head: HeadConfig | None = None
+    lrs: list[float] = [1e-3, 1e-4, 1e-5, 1e-6]
+    freeze: list[int] = [0, 1, 2, 3]
+    svm_c: list[float] = [10.0 ** k for k in range(-10, 1)]
+    overrides: dict[str, Any] = {}
+
+
+class ExperimentSection(_Section):
+    """A comparison of arms on one main task, repeated over ``seeds``; ``tta`` averages test scores
+    over the 8 flips and rotations."""
+
+    main_task: str
+    seeds: list[int] = [0]
+    arms: list[ArmConfig] = Field(min_length=1)
+    tta: bool = False
+    reference: dict[str, Any] = {}
+
+
 class ExperimentConfig(_Section):
     """The whole experiment. Paths accept ``${MEDMTL_DATA}``, other ``$VARS`` and ``~``."""
 
@@ -263,6 +299,8 @@ class ExperimentConfig(_Section):
     data: DataLoaderConfig = DataLoaderConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    experiment: ExperimentSection | None = None
+    quick: dict[str, Any] = {}
     decode_workers: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")

@@ -1,0 +1,1 @@
+"""Reports: results tables and a self-contained HTML page."""

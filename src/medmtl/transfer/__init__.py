@@ -1,0 +1,1 @@
+"""Transfer protocols and comparison strategies (a registry)."""

@@ -1,0 +1,237 @@
+"""Comparison strategies (a registry): how an arm turns data into a model for the main task.
+
+Each strategy receives an :class:`ArmContext` and returns the run dir whose ``best.ckpt`` scores
+the main task (``feature_extraction`` returns scores directly). Model selection uses validation
+data only; the experiment runner scores the test split once, afterwards.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from medmtl._registry import Registry
+from medmtl.errors import ConfigError
+
+STRATEGIES: Registry = Registry("strategy")
+log = logging.getLogger("medmtl.transfer")
+
+
+@dataclass
+class ArmContext:
+    cfg: object            # the experiment config
+    arm: object            # its ArmConfig
+    data: object           # PreparedData of every task
+    seed: int
+    run_dir: Path          # arms/<arm>/seed<k>
+    arm_dirs: dict = field(default_factory=dict)   # finished arms: name -> run dir of seed
+
+
+@dataclass
+class ArmOutcome:
+    """``runs``: sub-arm name -> run dir with a best.ckpt (``""`` = the arm itself)."""
+
+    runs: dict[str, Path]
+    scores: dict | None = None     # feature extraction: {split: {task: {"y","p","item"}}, "dataset": ...}
+    notes: list[str] = field(default_factory=list)
+
+
+def arm_config(ctx: ArmContext, tasks: list[str], run_dir: Path, *, pretrained="inherit", head=None,
+               extra: dict | None = None):
+    """The experiment config narrowed to ``tasks`` with the arm's overrides, seed and run dir."""
+    from medmtl.grid_utils import set_dotted
+
+    cfg = ctx.cfg
+    raw = cfg.model_dump(mode="json", exclude={"experiment", "quick"})
+    raw["tasks"] = [t for t in raw["tasks"] if t["name"] in tasks]
+    missing = sorted(set(tasks) - {t["name"] for t in raw["tasks"]})
+    if missing:
+        raise ConfigError(f"experiment.arms[{ctx.arm.name}]: tasks {missing} are not declared in tasks")
+    raw["seed"], raw["run_dir"] = ctx.seed, str(run_dir)
+    if pretrained != "inherit":
+        raw["model"]["trunk"]["pretrained"] = pretrained
+    if head is not None:
+        raw["model"]["heads"] = {tasks[0]: head.model_dump(mode="json")}
+    for key, value in {**ctx.arm.overrides, **(extra or {})}.items():
+        set_dotted(raw, key, value)
+    from medmtl.config import parse_config
+
+    return parse_config(raw, f"experiment arm {ctx.arm.name!r}")
+
+
+def _train(ctx: ArmContext, tasks, run_dir: Path, **kw) -> tuple[Path, float]:
+    from medmtl.api import save_resolved_config
+    from medmtl.engine.loop import fit
+
+    cfg = arm_config(ctx, tasks, run_dir, **kw)
+    save_resolved_config(cfg, run_dir)
+    result = fit(cfg, ctx.data, run_dir, progress=False)
+    return run_dir, result.best_monitor
+
+
+def _main(ctx) -> str:
+    return ctx.cfg.experiment.main_task
+
+
+def _arm_pretrained(ctx):
+    """Trunk start: another arm's best checkpoint, the arm's ``pretrained``, or the config's."""
+    if ctx.arm.source_arm:
+        if ctx.arm.source_arm not in ctx.arm_dirs:
+            raise ConfigError(f"experiment arm {ctx.arm.name!r}: source_arm {ctx.arm.source_arm!r} must be an "
+                              f"arm listed before it; finished arms: {sorted(ctx.arm_dirs)}")
+        return str(Path(ctx.arm_dirs[ctx.arm.source_arm]) / "checkpoints" / "best.ckpt")
+    return ctx.arm.pretrained
+
+
+@STRATEGIES.register("stl", trains=True)
+def stl(ctx: ArmContext) -> ArmOutcome:
+    """Single-task learning: the main task alone, from random init (RI) or pretrained (TL)."""
+    run, _ = _train(ctx, [_main(ctx)], ctx.run_dir, pretrained=_arm_pretrained(ctx))
+    return ArmOutcome({"": run})
+
+
+@STRATEGIES.register("mtl", trains=True)
+def mtl(ctx: ArmContext) -> ArmOutcome:
+    """Multi-task learning: main plus auxiliary tasks on one trunk (hard sharing by default)."""
+    tasks = ctx.arm.tasks or [_main(ctx)]
+    if _main(ctx) not in tasks:
+        raise ConfigError(f"experiment arm {ctx.arm.name!r}: tasks {tasks} must include the main task {_main(ctx)!r}")
+    run, _ = _train(ctx, tasks, ctx.run_dir, pretrained=_arm_pretrained(ctx))
+    return ArmOutcome({"": run})
+
+
+STRATEGIES.register("joint", trains=True)(mtl)  # multi-task training on a pool that includes the target
+
+
+@STRATEGIES.register("sequential", trains=True)
+def sequential(ctx: ArmContext) -> ArmOutcome:
+    """Train on the source task(s), keep the trunk, attach a new head, fine-tune on the target."""
+    if not ctx.arm.source:
+        raise ConfigError(f"experiment arm {ctx.arm.name!r}: strategy 'sequential' needs source: [tasks]")
+    base, _ = _train(ctx, ctx.arm.source, ctx.run_dir / "source", pretrained=_arm_pretrained(ctx))
+    run, _ = _train(ctx, [_main(ctx)], ctx.run_dir / "target",
+                    pretrained=str(base / "checkpoints" / "best.ckpt"), head=ctx.arm.head)
+    return ArmOutcome({"": run}, notes=[f"source model: {base}"])
+
+
+def _lr_grid(ctx: ArmContext, pretrained) -> ArmOutcome:
+    best, best_run = -math.inf, None
+    mode_max = True
+    for lr in ctx.arm.lrs:
+        run, monitor = _train(ctx, [_main(ctx)], ctx.run_dir / f"lr={lr:g}", pretrained=pretrained,
+                              extra={"train.optimizer.lr": lr})
+        value = monitor if mode_max else -monitor
+        if not math.isnan(value) and value > best:
+            best, best_run = value, run
+    if best_run is None:
+        raise ConfigError(f"experiment arm {ctx.arm.name!r}: no learning rate gave a finite validation metric")
+    return ArmOutcome({"": best_run}, notes=[f"learning rate chosen on validation: {best_run.name}"])
+
+
+@STRATEGIES.register("finetune", trains=True)
+def finetune(ctx: ArmContext) -> ArmOutcome:
+    """Fine-tune a (pre)trained trunk on the target over a learning-rate grid; best on validation."""
+    return _lr_grid(ctx, _arm_pretrained(ctx))
+
+
+@STRATEGIES.register("scratch", trains=True)
+def scratch(ctx: ArmContext) -> ArmOutcome:
+    """The same learning-rate grid as ``finetune``, from random weights."""
+    return _lr_grid(ctx, None)
+
+
+@STRATEGIES.register("freeze_sweep", trains=True)
+def freeze_sweep(ctx: ArmContext) -> ArmOutcome:
+    """The same transfer with the first k trunk stages frozen, for each k in ``freeze``."""
+    runs = {}
+    for k in ctx.arm.freeze:
+        run, _ = _train(ctx, [_main(ctx)], ctx.run_dir / f"freeze={k}", pretrained=_arm_pretrained(ctx),
+                        extra={"train.freeze_stages": k})
+        runs[f"freeze={k}"] = run
+    return ArmOutcome(runs)
+
+
+@STRATEGIES.register("feature_extraction", trains=False)
+def feature_extraction(ctx: ArmContext) -> ArmOutcome:
+    """Frozen trunk -> pooled features -> linear SVM (Mormont et al. 2020).
+
+    C is tuned over ``svm_c`` by 5-fold cross-validation grouped by patient on the training set
+    (AUC), then the SVM is refit on the whole training set. Scores are the SVM decision values
+    passed through a logistic (binary) or softmax (multiclass) so they read as probabilities; AUC
+    depends only on their order.
+    """
+    import torch
+
+    from medmtl.data.dataset import MultiTaskDataset
+    from medmtl.engine.loop import build_model
+
+    main = _main(ctx)
+    cfg = arm_config(ctx, [main], ctx.run_dir, pretrained=_arm_pretrained(ctx))
+    spec = ctx.data.tasks[main]
+    torch.manual_seed(ctx.seed)
+    trunk = build_model(cfg, [spec]).trunk.eval()
+    feats, sets = {}, {}
+    for split in ("train", "val", "test"):
+        ds = MultiTaskDataset(ctx.data, split, [main], preset=cfg.data.augmentation, train=False,
+                              size=cfg.data.size, in_chans=cfg.model.trunk.in_chans)
+        sets[split] = ds
+        feats[split] = _features(trunk, ds)
+    clf, c = _fit_svm(feats["train"], ctx.data, sets["train"], main, ctx.arm.svm_c, ctx.seed)
+    scores = {split: {main: {"y": feats[split][1], "p": _svm_scores(clf, feats[split][0]),
+                             "item": np.arange(len(sets[split]))}} for split in ("val", "test")}
+    return ArmOutcome({}, scores={"scores": scores, "datasets": sets}, notes=[f"linear SVM C={c:g} (grouped 5-fold CV)"])
+
+
+def _features(trunk, dataset):
+    import torch
+
+    from medmtl.data.dataset import collate
+
+    xs, ys = [], []
+    task = dataset.tasks[0]
+    with torch.no_grad():
+        for batch in torch.utils.data.DataLoader(dataset, batch_size=128, collate_fn=collate):
+            xs.append(trunk(batch["image"]).numpy())
+            ys.append(batch["labels"][task].numpy())
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _fit_svm(train, data, dataset, task, grid, seed):
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    x, y = train
+    src = data.source_of(task)
+    groups = np.array([str(src.groups[int(r)]) for r in dataset.items_[:, 2]])
+    n_splits = max(2, min(5, len(np.unique(groups)), np.bincount(y).min()))
+    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    best_c, best = grid[0], -np.inf
+    for c in grid:
+        aucs = []
+        for tr, te in cv.split(x, y, groups):
+            model = make_pipeline(StandardScaler(), LinearSVC(C=c, max_iter=5000, random_state=seed)).fit(x[tr], y[tr])
+            d = model.decision_function(x[te])
+            aucs.append(roc_auc_score(y[te], d) if d.ndim == 1 else roc_auc_score(y[te], _softmax(d), multi_class="ovr"))
+        if np.mean(aucs) > best:
+            best, best_c = float(np.mean(aucs)), c
+    final = make_pipeline(StandardScaler(), LinearSVC(C=best_c, max_iter=5000, random_state=seed)).fit(x, y)
+    return final, best_c
+
+
+def _softmax(d):
+    e = np.exp(d - d.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _svm_scores(clf, x):
+    d = clf.decision_function(x)
+    if d.ndim == 1:
+        p1 = 1 / (1 + np.exp(-d))
+        return np.stack([1 - p1, p1], axis=1)
+    return _softmax(d)

@@ -1,0 +1,75 @@
+"""A comparison of every strategy on real data (tiny settings): the results layout and resuming."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from medmtl.config import parse_config
+from medmtl.experiment import run_experiment
+from medmtl.transfer.strategies import STRATEGIES
+from tests.test_engine import _cfg
+
+
+def _experiment(tmp_path, cache):
+    _, raw = _cfg(tmp_path, cache, epochs=2)
+    raw["run_dir"] = str(tmp_path / "exp")
+    raw["experiment"] = {
+        "main_task": "breastmnist", "seeds": [0], "tta": True,
+        "arms": [
+            {"name": "stl", "strategy": "stl"},
+            {"name": "mtl", "strategy": "mtl", "tasks": ["breastmnist", "retinamnist"]},
+            {"name": "tl", "strategy": "sequential", "source": ["retinamnist"],
+             "head": {"name": "transfer", "kwargs": {"hidden_features": 32}}},
+            {"name": "fe", "strategy": "feature_extraction", "source_arm": "mtl", "svm_c": [0.01, 1.0]},
+            {"name": "ft", "strategy": "finetune", "source_arm": "stl", "lrs": [0.01, 0.001]},
+            {"name": "fs", "strategy": "freeze_sweep", "source_arm": "stl", "freeze": [0, 1]},
+        ],
+    }
+    raw["quick"] = {"train.epochs": 1}
+    return parse_config(raw)
+
+
+def test_strategy_registry_is_pinned():
+    assert STRATEGIES.list() == ["feature_extraction", "finetune", "freeze_sweep", "joint", "mtl", "scratch",
+                                 "sequential", "stl"]
+
+
+def test_every_strategy_writes_the_results_layout(tmp_path, shared_cache, monkeypatch):
+    import medmtl.experiment as experiment
+
+    monkeypatch.setattr(experiment, "_report", lambda run_dir: None)   # the report has its own test
+    cfg = _experiment(tmp_path, shared_cache)
+    out = run_experiment(cfg, quick=True, progress=False)
+    pred = pd.read_csv(out / "results/predictions.csv")
+    arms = set(pred["arm"])
+    assert arms == {"stl", "mtl", "tl", "fe", "ft", "fs/freeze=0", "fs/freeze=1"}
+    assert set(pred["split"]) == {"val", "test"} and set(pred["task"]) == {"breastmnist"}
+    n_test = len(pred[(pred.arm == "stl") & (pred.split == "test")])
+    assert all(len(pred[(pred.arm == a) & (pred.split == "test")]) == n_test for a in arms)
+    assert list(pred.columns) == ["arm", "seed", "task", "split", "id", "group", "y_true",
+                                  "score_malignant", "score_benign_or_normal"]
+    assert ((pred["score_malignant"] + pred["score_benign_or_normal"]) - 1).abs().max() < 1e-5
+    metrics = json.loads((out / "results/metrics.json").read_text())
+    assert 0.0 <= metrics["mtl"]["0"]["breastmnist"]["test"]["auc"] <= 1.0
+    # quick mode: one epoch per training run
+    hist = pd.read_csv(out / "arms/stl/seed0/history.csv")
+    assert len(hist) == 1
+    # the sequential arm trained a source model on retinamnist, then the target from its trunk
+    tl_cfg = (out / "arms/tl/seed0/target/config.yaml").read_text()
+    assert "source/checkpoints/best.ckpt" in tl_cfg and "transfer" in tl_cfg
+
+    # a rerun trains nothing again
+    monkeypatch.setattr(STRATEGIES, "get", lambda name: pytest.fail(f"strategy {name} ran again"))
+    again = run_experiment(cfg, quick=True, progress=False)
+    assert pd.read_csv(again / "results/predictions.csv").shape == pred.shape
+
+
+def test_unknown_main_task_is_a_config_error(tmp_path, shared_cache):
+    from medmtl.errors import ConfigError
+
+    cfg = _experiment(tmp_path, shared_cache)
+    cfg.experiment.main_task = "busi"
+    with pytest.raises(ConfigError, match="experiment.main_task='busi' is not a task"):
+        run_experiment(cfg, progress=False)
