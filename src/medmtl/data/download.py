@@ -6,7 +6,6 @@ file names from elsewhere.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -15,6 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from medmtl._registry import did_you_mean
+from medmtl.data.records import file_digest
 from medmtl.errors import DataError
 
 ZENODO_BASE = "https://zenodo.org/records/10519652/files"
@@ -62,11 +62,7 @@ MEDMNIST_FILES: dict[tuple[str, int], tuple[str, str]] = {
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def _lookup(flag: str, size: int) -> tuple[str, str]:

@@ -48,8 +48,9 @@ class ImageSource:
         raise NotImplementedError
 
 
-def _sha1_file(path: Path) -> str:
-    h = hashlib.sha1()
+def file_digest(path: Path, algorithm: str = "sha1") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
@@ -87,7 +88,7 @@ class FileSource(ImageSource):
     path: Path
 
     def fingerprint(self) -> str:
-        return _sha1_file(self.path)
+        return file_digest(self.path)
 
     def load(self) -> np.ndarray:
         from PIL import Image

@@ -22,7 +22,7 @@ class Trunk(nn.Module):
         feature_info: one dict per stage, ``{"num_chs": C, "reduction": stride, "module": name}``,
             from the stem to the last stage; ``forward_pyramid`` returns one map per entry.
         pretrained_cfg: ``{"mean": (...), "std": (...), "input_size": (C, H, W), "source": str}``.
-    and implement ``stages()`` and ``forward_pyramid()``.
+    and implement ``stages()`` (and ``forward_pyramid()`` when the stages do not simply chain).
     """
 
     num_features: int
@@ -34,8 +34,15 @@ class Trunk(nn.Module):
         raise NotImplementedError
 
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """One feature map per ``feature_info`` entry (for U-Net style decoders)."""
-        raise NotImplementedError
+        """One feature map per ``feature_info`` entry (for U-Net style decoders).
+
+        The default runs ``stages()`` in order, which is right whenever each stage feeds the next.
+        """
+        maps = []
+        for stage in self.stages():
+            x = stage(x)
+            maps.append(x)
+        return maps
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last, unpooled feature map (B, num_features, h, w)."""
@@ -63,7 +70,3 @@ class TinyTrunk(Trunk):
 
     def stages(self) -> list[nn.Module]:
         return [self.stem, self.stage1]
-
-    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
-        a = self.stem(x)
-        return [a, self.stage1(a)]

@@ -65,10 +65,3 @@ class AlexNetTrunk(Trunk):
         # Slicing a Sequential builds a new container around the same layers, so freezing a
         # returned stage freezes the trunk's own parameters.
         return [self.features[start:end] for start, end in _STAGE_SLICES]
-
-    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
-        maps = []
-        for stage in self.stages():
-            x = stage(x)
-            maps.append(x)
-        return maps

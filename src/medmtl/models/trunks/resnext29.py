@@ -123,13 +123,6 @@ class ResNeXt29(Trunk):
     def stages(self) -> list[nn.Module]:
         return [self.stem, self.stage1, self.stage2, self.stage3]
 
-    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
-        maps = []
-        for stage in self.stages():
-            x = stage(x)
-            maps.append(x)
-        return maps
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = super().forward(x)
         return F.dropout(pooled, self.drop_rate, self.training) if self.drop_rate else pooled
