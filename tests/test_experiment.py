@@ -73,3 +73,14 @@ def test_unknown_main_task_is_a_config_error(tmp_path, shared_cache):
     cfg.experiment.main_task = "busi"
     with pytest.raises(ConfigError, match="experiment.main_task='busi' is not a task"):
         run_experiment(cfg, progress=False)
+
+
+def test_group_level_scores_are_the_mean_of_their_images():
+    from medmtl.experiment import aggregate_groups
+
+    rows = pd.DataFrame({"group": ["a", "a", "b"], "y_true": [1, 1, 0], "score_0": [0.2, 0.4, 0.9],
+                         "score_1": [0.8, 0.6, 0.1]})
+    agg = aggregate_groups(rows, ["score_0", "score_1"])
+    assert agg.set_index("group")["score_1"].to_dict() == pytest.approx({"a": 0.7, "b": 0.1})
+    with pytest.raises(ValueError, match=r"groups \['a'\] hold images of different classes"):
+        aggregate_groups(rows.assign(y_true=[1, 0, 0]), ["score_0", "score_1"])

@@ -41,14 +41,32 @@ def _score_run(run_dir: Path, data, cfg, tasks, split: str, tta: bool, arm: str,
     return prediction_rows(scores, ds, data, specs, arm=arm, seed=seed, split=split)
 
 
+def aggregate_groups(rows: pd.DataFrame, score_cols: list[str]) -> pd.DataFrame:
+    """One row per group (lesion or patient): the mean of its images' scores.
+
+    A group's label is its images' label; groups whose images disagree are refused, since a mean
+    score would then have no single truth to be compared with.
+    """
+    labels = rows.groupby("group")["y_true"].nunique()
+    if (labels > 1).any():
+        bad = list(labels[labels > 1].index[:5])
+        raise ValueError(f"groups {bad} hold images of different classes; they cannot be scored as one case")
+    agg = rows.groupby("group", sort=True).agg({"y_true": "first", **{c: "mean" for c in score_cols}})
+    return agg.reset_index()
+
+
 def metrics_of(pred: pd.DataFrame, data) -> dict:
-    """{arm: {seed: {task: {split: {metric: value}}}}} from prediction rows."""
+    """{arm: {seed: {task: {split: {metric: value}}}}} from prediction rows; tasks declaring
+    ``evaluate_at: group`` are scored per lesion/patient (mean of their images' scores)."""
     from medmtl.engine.validate import task_metrics
 
     out: dict = {}
     for (arm, seed, task, split), rows in pred.groupby(["arm", "seed", "task", "split"]):
         spec = data.tasks[task]
-        p = rows[[f"score_{c}" for c in spec.classes]].to_numpy()
+        cols = [f"score_{c}" for c in spec.classes]
+        if spec.evaluate_at == "group":
+            rows = aggregate_groups(rows, cols)
+        p = rows[cols].to_numpy()
         out.setdefault(arm, {}).setdefault(str(seed), {}).setdefault(task, {})[split] = \
             task_metrics(spec, rows["y_true"].to_numpy(), p)
     return out

@@ -74,6 +74,7 @@ class TaskConfig(_Section):
     metric: str | None = None
     group_key: str = "patient"
     domain: str | None = None
+    evaluate_at: Literal["image", "group"] = "image"
     image: ImageConfig = ImageConfig()
     split: SplitConfig = SplitConfig()
 

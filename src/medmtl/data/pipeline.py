@@ -44,6 +44,7 @@ class TaskSpec:
     metric: str = "auc"
     group_key: str = "patient"
     domain: str | None = None
+    evaluate_at: str = "image"
 
     @property
     def num_classes(self) -> int:
@@ -158,7 +159,7 @@ def resolve_task(tcfg, targets: dict[str, TargetInfo], source: str, where: str) 
         raise ConfigError(f"{where}.classes: a binary task has 2 classes; the data has {list(classes)} "
                           "(declare classes, or use kind: multiclass)")
     return TaskSpec(tcfg.name, tcfg.kind, tuple(classes), tcfg.target, source, tcfg.role, tcfg.loss_weight,
-                    tcfg.metric, tcfg.group_key, tcfg.domain)
+                    tcfg.metric, tcfg.group_key, tcfg.domain, tcfg.evaluate_at)
 
 
 # -- groups and splits ------------------------------------------------------------------------

@@ -394,7 +394,7 @@ def _to(obj, device):
 def _spec_dicts(specs: dict) -> list[dict]:
     return [{"name": s.name, "kind": s.kind, "classes": list(s.classes), "target": s.target, "source": s.source,
              "role": s.role, "loss_weight": s.loss_weight, "metric": s.metric, "group_key": s.group_key,
-             "domain": s.domain} for s in specs.values()]
+             "domain": s.domain, "evaluate_at": s.evaluate_at} for s in specs.values()]
 
 
 def fit(cfg, data, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> FitResult:

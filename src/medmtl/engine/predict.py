@@ -13,7 +13,8 @@ def _specs(saved: list[dict]):
     from medmtl.data.pipeline import TaskSpec
 
     return [TaskSpec(d["name"], d["kind"], tuple(d["classes"]), d["target"], d["source"], d["role"],
-                     d["loss_weight"], d["metric"], d["group_key"], d["domain"]) for d in saved]
+                     d["loss_weight"], d["metric"], d["group_key"], d["domain"], d.get("evaluate_at", "image"))
+            for d in saved]
 
 
 def load_run(run_dir: Path):
