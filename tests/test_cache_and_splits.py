@@ -119,3 +119,29 @@ def test_split_file_is_written_and_reused(datasets_config, shared_data):
     cfg = datasets_config.model_copy(update={"tasks": [datasets_config.task("brain_tumor")]})
     again = prepare(cfg, progress=False).source_of("brain_tumor")
     assert dict(zip(again.ids, again.split)) == dict(zip(table["id"], table["split"]))
+
+
+def test_official_split_without_val_gets_an_inner_validation_split(tmp_path):
+    from medmtl.config import parse_config
+    from medmtl.data.inspect import inspect
+    from medmtl.data.pipeline import prepare
+
+    src = need_data("brain_tumor_mri")
+    for split in ("train", "test"):
+        for cls in ("yes", "no"):
+            (tmp_path / "d" / split / cls).mkdir(parents=True)
+    for cls in ("yes", "no"):
+        files = sorted((src / cls).iterdir())[:30]
+        for i, p in enumerate(files):
+            shutil.copy(p, tmp_path / "d" / ("test" if i % 5 == 0 else "train") / cls / p.name)
+    cfg = parse_config({"name": "inner", "cache_dir": str(tmp_path / "c"), "run_dir": str(tmp_path / "r"),
+                        "tasks": [{"name": "t", "kind": "binary", "classes": ["no", "yes"], "target": "class",
+                                   "reader": {"name": "folder", "root": str(tmp_path / "d")},
+                                   "image": {"size": 32, "mode": "L"}, "split": {"method": "official"}}]})
+    data = prepare(cfg, progress=False)
+    s = data.source_of("t")
+    official = {r.id: r.split for r in s.cached.records}
+    assert set(s.split) == {"train", "val", "test"}
+    assert all(official[i] == "test" for i, sp in zip(s.ids, s.split) if sp == "test")   # test untouched
+    assert all(official[i] == "train" for i, sp in zip(s.ids, s.split) if sp == "val")   # val from train
+    assert "inner 15% of train" in inspect(data)["tasks"]["t"]["notes"][0]

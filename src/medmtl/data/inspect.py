@@ -33,6 +33,7 @@ def task_summary(data: PreparedData, task: str) -> dict:
         "near_duplicate_groups": src.near_duplicate_groups,
         "cross_split_duplicates": src.cross_split_duplicates,
         "skipped": [s.as_dict() for s in src.skipped],
+        "notes": list(src.notes),
     }
     if data.leakage:  # the cross-dataset guard ran: {} means no copies in any other dataset
         out["cross_duplicates"] = dict(data.leakage.get("cross_duplicates", {}).get(task, {}))
@@ -62,6 +63,7 @@ def format_text(report: dict) -> str:
             lines.append(f"  removed from training as copies of {other} evaluation images: {n}")
         if t.get("removed_from_training"):
             lines.append(f"  leakage guard: {t['removed_from_training']} training images removed in all")
+        lines.extend(f"  note: {n}" for n in t.get("notes", []))
         if t["skipped"]:
             lines.append(f"  skipped {len(t['skipped'])} file(s):")
             lines.extend(f"    {s['path']}: {s['reason']}" for s in t["skipped"])

@@ -27,6 +27,7 @@ from medmtl.errors import ConfigError, DataError
 
 log = logging.getLogger("medmtl.data")
 CLASSIFICATION = ("binary", "multiclass", "ordinal", "multilabel")
+INNER_VAL_FRACTION = 0.15
 COPIES_PREFIX = "copies:"  # names a split group that holds copies of one image from several datasets
 
 
@@ -66,6 +67,7 @@ class SourceData:
     cross_split_duplicates: int
     skipped: list[Skipped]
     split_file: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ids(self) -> list[str]:
@@ -363,6 +365,14 @@ def _build_source(cfg, item: _Loaded, assigned: dict[str, str], write_splits: bo
         split = _load_or_write_split(split_file, ids, list(groups), compute)
     else:
         split = compute()
+    notes = []
+    if "val" not in set(split):
+        # Model selection needs validation data and must never look at the test set: without a
+        # validation split, an inner 15 % of the training groups becomes one, and the report says so.
+        split = splitting.carve(y, groups, split, INNER_VAL_FRACTION, tcfg.split.seed + 7)
+        notes.append(f"no validation split: an inner {INNER_VAL_FRACTION:.0%} of train (by group) is used "
+                     "for model selection")
+        log.warning("%s: %s", tcfg.name, notes[-1])
     splitting.check_groups(ids, groups, split, f"{tcfg.name} split")
     for g, s in zip(groups, split):
         if str(g).startswith(COPIES_PREFIX):
@@ -373,7 +383,7 @@ def _build_source(cfg, item: _Loaded, assigned: dict[str, str], write_splits: bo
         log.warning("%s: %d duplicate images sit in a different split from a copy of themselves", tcfg.name, crossing)
     return SourceData(item.key, [s.name for s in specs], cached, np.asarray(groups, dtype=object),
                       np.asarray(split, dtype=object), item.dup, count_groups(exact), count_groups(item.dup), crossing,
-                      item.skipped, split_file)
+                      item.skipped, split_file, notes)
 
 
 def _link_tag(cfg, item: _Loaded) -> str:
