@@ -9,6 +9,11 @@ weighting, finiteness checks) over a bare PyTorch loop with the same trunk, head
 optimiser, one forward per batch. Both consume the same pre-collated batches of cached data;
 the two loops alternate over several rounds and the medians are compared. Goal >= 0.95.
 
+grid_2_vs_1: wall time of a grid of equal CPU-bound trials (a small MLP trained for a fixed
+number of steps on one torch thread) run sequentially by one worker, over the same grid on Ray Tune
+with two workers. Both times are whole ``run_grid`` calls, so the Ray side includes starting and
+stopping Ray. Goal >= 1.8.
+
 pipeline_vs_model: images/s of the input pipeline alone (cached decode + s0 augmentation +
 collation, with the loader workers of the default config) over images/s of training steps on
 pre-loaded batches. Goal >= 3.
@@ -133,6 +138,48 @@ def train_ratios(rounds: int = 5, steps: int = 6) -> tuple[float, float]:
     return bar / med, pipeline_ips / model_ips
 
 
+def grid_trial(params: dict, trial_dir: Path) -> dict:
+    """One equal, CPU-bound grid trial: a small MLP trained for a fixed number of steps."""
+    import torch
+
+    torch.manual_seed(params["seed"])
+    net = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+                              torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x, y = torch.randn(128, 256), torch.randint(0, 10, (128,))
+    for _ in range(params["steps"]):
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return {"loss": loss.item()}
+
+
+def grid_ratio(n_trials: int = 8, steps: int = 16000) -> float:
+    """Sequential grid time over Ray Tune time with two workers, each run_grid call timed whole.
+
+    Both sides give each trial one torch thread (cpus_per_trial=1), so one trial does the same work
+    at the same speed in either; only the number running at once differs.
+    """
+    from medmtl.grid import expand_grid, run_grid
+
+    trials = expand_grid({"seed": 0, "steps": steps}, {"seed": list(range(n_trials))})
+    elapsed, losses = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in (1, 2):
+            start = time.perf_counter()
+            records = run_grid(trials, grid_trial, f"{tmp}/workers{workers}", workers=workers, progress=False)
+            elapsed[workers] = time.perf_counter() - start
+            failed = [r["name"] for r in records if r["status"] != "done"]
+            if failed:
+                raise RuntimeError(f"grid benchmark: trials {failed} failed with workers={workers}; "
+                                   "their errors are logged above")
+            losses[workers] = [r["result"]["loss"] for r in records]
+    print(f"# grid: {n_trials} trials x {steps} steps; 1 worker {elapsed[1]:.1f} s, 2 workers on Ray "
+          f"{elapsed[2]:.1f} s (start-up included); same losses: {losses[1] == losses[2]}", file=sys.stderr)
+    return elapsed[1] / elapsed[2]
+
+
 def main() -> None:
     os.environ.setdefault("MEDMTL_DATA", str(REPO.parent / "shared" / "datasets"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,6 +189,7 @@ def main() -> None:
     trainer_vs_bare, pipeline_vs_model = train_ratios()
     print(f"trainer_vs_bare: {trainer_vs_bare:.2f}")
     print(f"pipeline_vs_model: {pipeline_vs_model:.1f}")
+    print(f"grid_2_vs_1: {grid_ratio():.2f}")
 
 
 if __name__ == "__main__":

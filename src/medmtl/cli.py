@@ -10,11 +10,13 @@ import typer
 
 from medmtl import api
 from medmtl.errors import MedmtlError
+from medmtl.cli_stats import stats_app
 
 app = typer.Typer(help="Multi-task and transfer learning for medical image analysis.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Read, check and summarise datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(stats_app, name="stats")
 
 
 def _fail(exc: Exception) -> None:
@@ -96,6 +98,18 @@ def predict(
         table.to_csv(output, index=False)
     else:
         typer.echo(table.to_csv(index=False), nl=False)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="An experiment (or training) run dir.")) -> None:
+    """Results tables and one self-contained HTML page, written to RUN_DIR/report/."""
+    from medmtl.reports import write_report
+
+    try:
+        path = write_report(run_dir)
+    except (MedmtlError, KeyError, FileNotFoundError) as exc:
+        _fail(exc)
+    typer.echo(f"report: {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -78,10 +78,18 @@ def run_experiment(cfg, *, quick: bool = False, progress: bool = True) -> Path:
     from medmtl.data.pipeline import prepare
     from medmtl.transfer.strategies import STRATEGIES, ArmContext
 
-    if cfg.experiment is None:
-        raise ConfigError("this config has no 'experiment' section (arms to compare); use 'medmtl train' for one model")
+    if cfg.experiment is None and cfg.loto is None:
+        raise ConfigError("this config has neither an 'experiment' section (arms to compare) nor a 'loto' "
+                          "section; use 'medmtl train' for one model")
     if quick:
         cfg = apply_quick(cfg)
+    if cfg.experiment is None:
+        from medmtl.data.pipeline import prepare
+        from medmtl.transfer.loto import run_loto
+
+        save_resolved_config(cfg, Path(cfg.run_dir))
+        run_loto(cfg, prepare(cfg, progress=progress), Path(cfg.run_dir))
+        return Path(cfg.run_dir)
     exp = cfg.experiment
     names = [t.name for t in cfg.tasks]
     if exp.main_task not in names:

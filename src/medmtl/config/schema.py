@@ -287,6 +287,25 @@ class ExperimentSection(_Section):
     reference: dict[str, Any] = {}
 
 
+class LOTOConfig(_Section):
+    """Leave-one-task-out over a pool (Mormont et al. 2020).
+
+    For each left-out group (a task, or tasks declared ``related`` and left out together), each
+    combination of the ``grid`` (dotted config keys -> values) and each seed, a multi-task model is
+    trained on the rest of the pool and its trunk scored on the left-out tasks by feature extraction
+    (validation AUC). For a target task the combination with the best average rank over the OTHER
+    tasks is chosen, and its model is transferred to the target by ``transfer`` protocols and tested.
+    """
+
+    pool: list[str] = Field(min_length=2)
+    related: list[list[str]] = []
+    grid: dict[str, list[Any]] = {}
+    seeds: list[int] = [0]
+    transfer: list[Literal["feature_extraction", "finetune"]] = ["feature_extraction", "finetune"]
+    lrs: list[float] = [1e-3, 1e-4]
+    svm_c: list[float] = [1e-4, 1e-2, 1.0]
+
+
 class ExperimentConfig(_Section):
     """The whole experiment. Paths accept ``${MEDMTL_DATA}``, other ``$VARS`` and ``~``."""
 
@@ -301,6 +320,7 @@ class ExperimentConfig(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     experiment: ExperimentSection | None = None
+    loto: LOTOConfig | None = None
     quick: dict[str, Any] = {}
     decode_workers: int | None = Field(None, ge=1)
 

@@ -52,6 +52,69 @@ def cross_entropy(y: np.ndarray, scores: np.ndarray) -> float:
     return float(-np.mean(np.log(p))) if len(y) else float("nan")
 
 
+def _confusion_counts(y: np.ndarray, scores: np.ndarray, threshold: float):
+    """Per-class (tp, fn, tn, fp) count arrays, one-vs-rest.
+
+    Binary tasks (1-D positive-class scores, or two score columns) have the one class 1, called
+    positive at ``score >= threshold``. With more columns the predicted class is the argmax and the
+    classes are those present in ``y`` (as in :func:`auc`: an absent class has no sensitivity), so
+    the callers' means are macro averages and ``threshold`` is not used.
+    """
+    y = np.asarray(y)
+    scores = np.asarray(scores, dtype=np.float64)
+    if y.ndim != 1 or len(scores) != len(y) or scores.ndim not in (1, 2):
+        raise ValueError(f"y must be 1-D class indices with one row of scores each; got y {y.shape}, scores {scores.shape}")
+    if scores.ndim == 1 or scores.shape[1] == 2:
+        positive = scores if scores.ndim == 1 else scores[:, 1]
+        pred = (positive >= threshold).astype(int)
+        classes = np.array([1])
+    else:
+        pred = np.argmax(scores, axis=1)
+        classes = np.unique(y)
+    t = y[:, None] == classes[None, :]
+    p = pred[:, None] == classes[None, :]
+    return (t & p).sum(0), (t & ~p).sum(0), (~t & ~p).sum(0), (~t & p).sum(0)
+
+
+def _macro(num: np.ndarray, den: np.ndarray) -> float:
+    # NaN (undefined) rather than sklearn's 0-with-a-warning: a bootstrap must skip such resamples,
+    # not average a made-up 0 into its interval.
+    return float(np.mean(num / den)) if len(den) and (den > 0).all() else float("nan")
+
+
+@METRICS.register("sensitivity", kinds=("binary", "multiclass", "ordinal"), higher_is_better=True)
+def sensitivity(y: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> float:
+    """True positive rate TP / (TP + FN); macro over classes for multiclass; NaN without positives.
+
+    Args:
+        y: Class indices, shape (N,).
+        scores: Positive-class scores (N,), or class probabilities (N, K).
+        threshold: Binary only: a case is called positive when its score is >= threshold.
+    """
+    tp, fn, _, _ = _confusion_counts(y, scores, threshold)
+    return _macro(tp, tp + fn)
+
+
+@METRICS.register("specificity", kinds=("binary", "multiclass", "ordinal"), higher_is_better=True)
+def specificity(y: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> float:
+    """True negative rate TN / (TN + FP); macro one-vs-rest for multiclass; NaN without negatives.
+
+    Arguments as :func:`sensitivity`.
+    """
+    _, _, tn, fp = _confusion_counts(y, scores, threshold)
+    return _macro(tn, tn + fp)
+
+
+@METRICS.register("f1", kinds=("binary", "multiclass", "ordinal"), higher_is_better=True)
+def f1(y: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> float:
+    """F1 = 2TP / (2TP + FP + FN) of the positive class (macro over classes for multiclass).
+
+    Arguments as :func:`sensitivity`. NaN when the denominator is 0 (no positive, none predicted).
+    """
+    tp, fn, _, fp = _confusion_counts(y, scores, threshold)
+    return _macro(2 * tp, 2 * tp + fp + fn)
+
+
 def _overlap(masks: np.ndarray, probs: np.ndarray):
     pred = np.asarray(probs) >= 0.5
     true = np.asarray(masks) > 0

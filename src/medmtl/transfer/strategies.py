@@ -163,26 +163,35 @@ def feature_extraction(ctx: ArmContext) -> ArmOutcome:
     passed through a logistic (binary) or softmax (multiclass) so they read as probabilities; AUC
     depends only on their order.
     """
+    scores, sets, c = svm_transfer(ctx, _main(ctx), _arm_pretrained(ctx))
+    return ArmOutcome({}, scores={"scores": scores, "datasets": sets}, notes=[f"linear SVM C={c:g} (grouped 5-fold CV)"])
+
+
+def svm_transfer(ctx: ArmContext, task: str, pretrained, splits=("val", "test")):
+    """Scores of a linear SVM on a frozen trunk's features for ``task``: ({split: {task: ...}}, datasets, C)."""
     import torch
 
     from medmtl.data.dataset import MultiTaskDataset
     from medmtl.engine.loop import build_model
 
-    main = _main(ctx)
-    cfg = arm_config(ctx, [main], ctx.run_dir, pretrained=_arm_pretrained(ctx))
-    spec = ctx.data.tasks[main]
+    cfg = arm_config(ctx, [task], ctx.run_dir, pretrained=pretrained)
+    spec = ctx.data.tasks[task]
     torch.manual_seed(ctx.seed)
     trunk = build_model(cfg, [spec]).trunk.eval()
     feats, sets = {}, {}
-    for split in ("train", "val", "test"):
-        ds = MultiTaskDataset(ctx.data, split, [main], preset=cfg.data.augmentation, train=False,
+    from medmtl.engine.loop import _limit
+
+    for split in ("train", *splits):
+        ds = MultiTaskDataset(ctx.data, split, [task], preset=cfg.data.augmentation, train=False,
                               size=cfg.data.size, in_chans=cfg.model.trunk.in_chans)
-        sets[split] = ds
+        # the same per-task limits as training (quick runs), seeded the same way
+        limit = cfg.data.limit_train if split == "train" else cfg.data.limit_eval
+        sets[split] = ds = _limit(ds, limit, cfg.seed + (0 if split == "train" else 1))
         feats[split] = _features(trunk, ds)
-    clf, c = _fit_svm(feats["train"], ctx.data, sets["train"], main, ctx.arm.svm_c, ctx.seed)
-    scores = {split: {main: {"y": feats[split][1], "p": _svm_scores(clf, feats[split][0]),
-                             "item": np.arange(len(sets[split]))}} for split in ("val", "test")}
-    return ArmOutcome({}, scores={"scores": scores, "datasets": sets}, notes=[f"linear SVM C={c:g} (grouped 5-fold CV)"])
+    clf, c = _fit_svm(feats["train"], ctx.data, sets["train"], task, ctx.arm.svm_c, ctx.seed)
+    scores = {split: {task: {"y": feats[split][1], "p": _svm_scores(clf, feats[split][0]),
+                             "item": np.arange(len(sets[split]))}} for split in splits}
+    return scores, {s: sets[s] for s in splits}, c
 
 
 def _features(trunk, dataset):

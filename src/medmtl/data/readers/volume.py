@@ -36,7 +36,7 @@ import numpy as np
 from pydantic import Field, PositiveFloat, model_validator
 
 from medmtl.data.readers._base import READERS, FilePath, Reader, expand_path
-from medmtl.data.records import ImageSource, ReadResult, Record, Skipped, TargetInfo, _sha1_file
+from medmtl.data.records import ImageSource, ReadResult, Record, Skipped, TargetInfo, file_digest
 from medmtl.errors import DataError, MedmtlError
 
 Plane = Literal["axial", "coronal", "sagittal"]
@@ -273,7 +273,7 @@ def volume_hash(path: Path) -> str:
     if key not in _VOLUME_HASHES:
         h = hashlib.sha1()
         for file in series_files(path) if path.is_dir() else [path]:
-            h.update(file.name.encode() + b"\0" + _sha1_file(file).encode())
+            h.update(file.name.encode() + b"\0" + file_digest(file).encode())
         _VOLUME_HASHES[key] = h.hexdigest()
     return _VOLUME_HASHES[key]
 

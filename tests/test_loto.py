@@ -1,0 +1,80 @@
+"""Leave-one-task-out on five shared tasks (four left-out groups), tiny CPU settings."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from medmtl.config import parse_config
+from medmtl.errors import ConfigError
+from medmtl.transfer.loto import choose, left_out_groups, rank_table
+from tests.conftest import need_data
+
+
+def test_related_tasks_are_left_out_together():
+    assert left_out_groups(["a", "b", "c"], [["a", "c"]]) == [["a", "c"], ["b"]]
+    with pytest.raises(ConfigError, match=r"loto.related: \['z'\] are not in loto.pool"):
+        left_out_groups(["a", "b"], [["a", "z"]])
+
+
+def test_choice_ignores_the_target_task():
+    scores = pd.DataFrame({"task": ["t1", "t1", "t2", "t2", "t3", "t3"], "combo": ["A", "B"] * 3,
+                           "seed": 0, "auc": [0.9, 0.6, 0.55, 0.8, 0.52, 0.7]})
+    ranks = rank_table(scores)
+    assert ranks.loc["A", "t1"] == 1 and ranks.loc["B", "t2"] == 1
+    assert choose(ranks, "t1") == "B"      # B wins on t2 and t3
+    assert choose(ranks, "t3") == "A" or choose(ranks, "t3") == "B"
+    assert choose(ranks.drop(columns=["t3"]), "t2") == "A"
+
+
+def test_loto_run_over_five_shared_tasks(tmp_path, shared_cache, monkeypatch):
+    from medmtl.experiment import run_experiment
+
+    need_data()
+    task = lambda name, reader, classes, target, size, mode, split: {  # noqa: E731
+        "name": name, "kind": "binary" if len(classes) == 2 else "multiclass", "classes": classes,
+        "target": target, "reader": reader, "image": {"size": size, "mode": mode}, "split": split}
+    official = {"method": "official"}
+    cfg = parse_config({
+        "name": "loto", "seed": 0, "cache_dir": str(shared_cache), "run_dir": str(tmp_path / "loto"),
+        "tasks": [
+            task("breastmnist", {"name": "medmnist", "path": "${MEDMTL_DATA}/medmnist/breastmnist.npz"},
+                 ["malignant", "normal_or_benign"], "label", 28, "L", official),
+            task("busi_cls", {"name": "busi", "root": "${MEDMTL_DATA}/busi"}, ["benign", "malignant", "normal"],
+                 "class", 128, "L", {"method": "holdout"}),
+            task("retinamnist", {"name": "medmnist", "path": "${MEDMTL_DATA}/medmnist/retinamnist.npz"},
+                 ["0", "1", "2", "3", "4"], "label", 28, "RGB", official),
+            task("pcam", {"name": "folder", "root": "${MEDMTL_DATA}/pcam"}, ["0", "1"], "class", 96, "RGB", official),
+            task("skin", {"name": "folder", "root": "${MEDMTL_DATA}/skin_cancer_isic"}, ["benign", "malignant"],
+                 "class", 128, "RGB", {"method": "official", "val_fraction": 0.15}),
+        ],
+        "data": {"batch_size": 32, "size": 28, "limit_train": 48, "limit_eval": 40, "augmentation": "s2"},
+        "model": {"trunk": {"name": "test_tiny"}},
+        "train": {"epochs": 1, "mlflow": False},
+        "loto": {"pool": ["breastmnist", "busi_cls", "retinamnist", "pcam", "skin"],
+                 "related": [["busi_cls", "breastmnist"]],
+                 "grid": {"train.optimizer.lr": [0.05, 0.01]}, "seeds": [0], "lrs": [0.01], "svm_c": [0.01, 1.0]},
+    })
+    out = run_experiment(cfg, progress=False) / "loto"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["groups"][0] == ["busi_cls", "breastmnist"] and len(summary["groups"]) == 4
+    scores = pd.read_csv(out / "scores.csv")
+    assert len(scores) == 5 * 2 and scores["auc"].between(0, 1).all()   # each task x each combination
+    # the busi/breastmnist model never saw either of them: its training config lacks both
+    import yaml
+
+    trial = yaml.safe_load(next((out / "trials" / "busi_cls+breastmnist").rglob("model/config.yaml")).read_text())
+    assert [t["name"] for t in trial["tasks"]] == ["retinamnist", "pcam", "skin"]
+    assert set(summary["targets"]) == {"breastmnist", "busi_cls", "retinamnist", "pcam", "skin"}
+    pred = pd.read_csv(out / "predictions.csv")
+    assert set(pred["arm"]) == {"loto_feature_extraction", "loto_finetune"}
+    assert set(pred[pred.split == "test"]["task"]) == set(summary["targets"])
+    # rerun: finished trials are not trained again
+    import medmtl.transfer.strategies as strategies
+
+    calls = []
+    real = strategies._train
+    monkeypatch.setattr(strategies, "_train", lambda *a, **k: calls.append(a) or real(*a, **k))
+    run_experiment(cfg, progress=False)
+    assert calls == []       # neither the LOTO trials nor the transfers are trained again
