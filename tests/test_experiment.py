@@ -84,3 +84,23 @@ def test_group_level_scores_are_the_mean_of_their_images():
     assert agg.set_index("group")["score_1"].to_dict() == pytest.approx({"a": 0.7, "b": 0.1})
     with pytest.raises(ValueError, match=r"groups \['a'\] hold images of different classes"):
         aggregate_groups(rows.assign(y_true=[1, 0, 0]), ["score_0", "score_1"])
+
+
+def test_cross_validation_on_a_representative_split(tmp_path, shared_cache):
+    """4-fold case-grouped CV of BUSI-like data: candidates tried, one chosen, every image tested once."""
+    _, raw = _cfg(tmp_path, shared_cache, epochs=1)
+    raw["run_dir"] = str(tmp_path / "cv")
+    raw["tasks"] = raw["tasks"][:1]
+    raw["experiment"] = {"main_task": "breastmnist", "seeds": [0],
+                         "arms": [{"name": "stl", "strategy": "stl"},
+                                  {"name": "fe", "strategy": "feature_extraction", "svm_c": [1.0]}],
+                         "cv": {"n_splits": 2, "candidates": 2}}
+    out = run_experiment(parse_config(raw), progress=False)
+    chosen = json.loads((out / "cv/candidates.json").read_text())
+    assert set(chosen["candidates"]) == {"0", "1"} and chosen["chosen"] in (0, 1)
+    stds = {k: v["std"] for k, v in chosen["candidates"].items()}
+    assert stds[str(chosen["chosen"])] == min(stds.values())
+    pred = pd.read_csv(out / "results/predictions.csv")
+    test = pred[(pred.split == "test") & (pred.arm == "stl")]
+    assert set(test["fold"]) == {0, 1}
+    assert test["id"].is_unique and len(test) == 780      # all BreastMNIST images, each tested once

@@ -76,31 +76,49 @@ def run_experiment(cfg, *, quick: bool = False, progress: bool = True) -> Path:
     """Train and score every arm; returns the run dir holding ``results/`` (and ``report/``)."""
     from medmtl.api import save_resolved_config
     from medmtl.data.pipeline import prepare
-    from medmtl.transfer.strategies import STRATEGIES, ArmContext
 
     if cfg.experiment is None and cfg.loto is None:
         raise ConfigError("this config has neither an 'experiment' section (arms to compare) nor a 'loto' "
                           "section; use 'medmtl train' for one model")
     if quick:
         cfg = apply_quick(cfg)
+    run_dir = Path(cfg.run_dir)
     if cfg.experiment is None:
-        from medmtl.data.pipeline import prepare
         from medmtl.transfer.loto import run_loto
 
-        save_resolved_config(cfg, Path(cfg.run_dir))
-        run_loto(cfg, prepare(cfg, progress=progress), Path(cfg.run_dir))
-        return Path(cfg.run_dir)
+        save_resolved_config(cfg, run_dir)
+        run_loto(cfg, prepare(cfg, progress=progress), run_dir)
+        return run_dir
     exp = cfg.experiment
     names = [t.name for t in cfg.tasks]
     if exp.main_task not in names:
         raise ConfigError(f"experiment.main_task={exp.main_task!r} is not a task; tasks are {names}")
-    run_dir = Path(cfg.run_dir)
     save_resolved_config(cfg, run_dir)
-    data = prepare(cfg, progress=progress)
+    if exp.cv is not None:
+        pred, data = run_cv(cfg, run_dir, progress)
+    else:
+        data = prepare(cfg, progress=progress)
+        pred = run_arms(cfg, data, run_dir, exp.arms, exp.seeds)
+    results = run_dir / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    pred.to_csv(results / "predictions.csv", index=False)
+    (results / "metrics.json").write_text(json.dumps(metrics_of(pred, data), indent=2, default=float))
+    if cfg.loto is not None:
+        from medmtl.transfer.loto import run_loto
+
+        run_loto(cfg, data, run_dir)
+    _report(run_dir)
+    return run_dir
+
+
+def run_arms(cfg, data, run_dir: Path, arms, seeds) -> pd.DataFrame:
+    """Every arm for every seed under ``run_dir/arms``; a finished arm/seed is not run again."""
+    from medmtl.transfer.strategies import STRATEGIES, ArmContext
+
     frames = []
-    for seed in exp.seeds:
+    for seed in seeds:
         finished: dict[str, Path] = {}
-        for arm in exp.arms:
+        for arm in arms:
             arm_dir = run_dir / "arms" / arm.name / f"seed{seed}"
             done = arm_dir / "done.json"
             if done.is_file():
@@ -114,13 +132,56 @@ def run_experiment(cfg, *, quick: bool = False, progress: bool = True) -> Path:
                 done.write_text(json.dumps(record))
             finished[arm.name] = Path(record["runs"].get("", arm_dir))
             frames.append(pd.read_csv(arm_dir / "predictions.csv", dtype={"id": str, "group": str}))
-    pred = pd.concat(frames, ignore_index=True)
-    results = run_dir / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    pred.to_csv(results / "predictions.csv", index=False)
-    (results / "metrics.json").write_text(json.dumps(metrics_of(pred, data), indent=2, default=float))
-    _report(run_dir)
-    return run_dir
+    return pd.concat(frames, ignore_index=True)
+
+
+def _fold_config(cfg, candidate: int, fold: int):
+    """The config with the main task split into ``n_splits`` case-grouped folds (seed ``candidate``)."""
+    from medmtl.config import parse_config
+
+    cv = cfg.experiment.cv
+    raw = cfg.model_dump(mode="json")
+    for t in raw["tasks"]:
+        if t["name"] == cfg.experiment.main_task:
+            t["split"] = {"method": "kfold", "n_splits": cv.n_splits, "fold": fold, "seed": candidate,
+                          "val_fraction": cv.val_fraction}
+    raw["experiment"]["cv"] = None
+    return parse_config(raw, "cross-validation fold")
+
+
+def run_cv(cfg, run_dir: Path, progress: bool):
+    """N-fold case-grouped stratified CV on a representative split (Samala et al. 2017).
+
+    ``candidates`` seeded fold assignments are tried with the first arm; the representative one has
+    the smallest spread of validation AUC across its folds, then the highest mean. All arms are
+    then run on its folds; every image is tested exactly once, in the fold that held it out.
+    """
+    from medmtl.data.pipeline import prepare
+
+    exp, cv = cfg.experiment, cfg.experiment.cv
+    spread = {}
+    for k in range(cv.candidates):
+        aucs = []
+        for f in range(cv.n_splits):
+            fcfg = _fold_config(cfg, k, f)
+            data = prepare(fcfg, progress=progress)
+            pred = run_arms(fcfg, data, run_dir / "cv" / f"candidate{k}" / f"fold{f}", exp.arms[:1], [exp.seeds[0]])
+            aucs.append(metrics_of(pred[pred.split == "val"], data)[exp.arms[0].name][str(exp.seeds[0])]
+                        [exp.main_task]["val"]["auc"])
+        spread[k] = (float(pd.Series(aucs).std(ddof=0)), -float(pd.Series(aucs).mean()), aucs)
+    chosen = min(spread, key=lambda k: spread[k][:2])
+    log.info("representative split: candidate %d (validation AUC per fold %s)", chosen, spread[chosen][2])
+    (run_dir / "cv").mkdir(parents=True, exist_ok=True)
+    (run_dir / "cv" / "candidates.json").write_text(json.dumps(
+        {"chosen": chosen, "candidates": {k: {"val_auc_per_fold": v[2], "std": v[0], "mean": -v[1]}
+                                          for k, v in spread.items()}}, indent=2))
+    frames = []
+    for f in range(cv.n_splits):
+        fcfg = _fold_config(cfg, chosen, f)
+        data = prepare(fcfg, progress=progress)
+        pred = run_arms(fcfg, data, run_dir / "cv" / f"candidate{chosen}" / f"fold{f}", exp.arms, exp.seeds)
+        frames.append(pred.assign(fold=f))
+    return pd.concat(frames, ignore_index=True), data
 
 
 def _score_outcome(outcome, arm, seed, data, cfg, arm_dir: Path) -> dict:

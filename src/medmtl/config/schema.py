@@ -276,6 +276,15 @@ class ArmConfig(_Section):
     overrides: dict[str, Any] = {}
 
 
+class CVConfig(_Section):
+    """Case-grouped stratified ``n_splits``-fold CV of the main task on a representative split,
+    chosen among ``candidates`` seeded splits (smallest spread of validation AUC, then highest mean)."""
+
+    n_splits: int = Field(4, ge=2)
+    candidates: int = Field(10, ge=1)
+    val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+
+
 class ExperimentSection(_Section):
     """A comparison of arms on one main task, repeated over ``seeds``; ``tta`` averages test scores
     over the 8 flips and rotations."""
@@ -284,6 +293,7 @@ class ExperimentSection(_Section):
     seeds: list[int] = [0]
     arms: list[ArmConfig] = Field(min_length=1)
     tta: bool = False
+    cv: CVConfig | None = None
     reference: dict[str, Any] = {}
 
 

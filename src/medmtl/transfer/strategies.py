@@ -184,9 +184,12 @@ def svm_transfer(ctx: ArmContext, task: str, pretrained, splits=("val", "test"))
     for split in ("train", *splits):
         ds = MultiTaskDataset(ctx.data, split, [task], preset=cfg.data.augmentation, train=False,
                               size=cfg.data.size, in_chans=cfg.model.trunk.in_chans)
-        # the same per-task limits as training (quick runs), seeded the same way
-        limit = cfg.data.limit_train if split == "train" else cfg.data.limit_eval
-        sets[split] = ds = _limit(ds, limit, cfg.seed + (0 if split == "train" else 1))
+        # the same per-task limits as training (quick runs), seeded the same way; the test set is
+        # always scored whole, as for every other arm
+        if split != "test":
+            limit = cfg.data.limit_train if split == "train" else cfg.data.limit_eval
+            ds = _limit(ds, limit, cfg.seed + (0 if split == "train" else 1))
+        sets[split] = ds
         feats[split] = _features(trunk, ds)
     clf, c = _fit_svm(feats["train"], ctx.data, sets["train"], task, ctx.arm.svm_c, ctx.seed)
     scores = {split: {task: {"y": feats[split][1], "p": _svm_scores(clf, feats[split][0]),
