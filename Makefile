@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export MEDMTL_DATA ?= $(abspath ../shared/datasets)
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install sysdeps clean
 
 install: $(STAMP)
 
@@ -18,10 +18,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+# R's pROC (the reference the DeLong tests compare with) and headless Chromium (renders the
+# HTML report in a test), from Debian's packages, when missing and apt-get can be used.
+sysdeps:
+	@if ! Rscript -e 'library(pROC)' >/dev/null 2>&1 || ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends r-cran-proc chromium; \
+	  else echo "note: r-cran-proc and chromium are missing and cannot be installed here; their tests will skip"; fi; \
+	fi
+
 demo: $(STAMP)
 	$(BIN)/medmtl data inspect experiments/datasets.yaml
 
-test: $(STAMP)
+test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

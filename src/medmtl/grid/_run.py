@@ -39,6 +39,11 @@ def run_grid(trials: Iterable[Trial], fn: TrialFn, out_dir: str | Path, *, worke
         ``status`` (``"done"``: ran now; ``"cached"``: finished in an earlier run, not run again;
         ``"failed"``: raised, see ``error``, retried by the next run), ``result`` and ``error``.
 
+    Note:
+        A Ray instance that the caller already started is used as it is and left running. On a
+        cluster, ``out_dir`` must be on storage that every node sees and medmtl must be installed on
+        every node, since trials write their markers there and import ``fn`` there.
+
     Raises:
         ConfigError: For an invalid option, a repeated trial id, or a finished trial whose stored
             config differs from the one given now (its result would silently stand for another config).
