@@ -155,7 +155,7 @@ def grid_trial(params: dict, trial_dir: Path) -> dict:
     return {"loss": loss.item()}
 
 
-def grid_ratio(n_trials: int = 8, steps: int = 16000) -> float:
+def grid_ratio(n_trials: int = 8, steps: int = 24000) -> float:
     """Sequential grid time over Ray Tune time with two workers, each run_grid call timed whole.
 
     Both sides give each trial one torch thread (cpus_per_trial=1), so one trial does the same work

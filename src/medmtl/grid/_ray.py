@@ -20,7 +20,9 @@ from medmtl.grid._trial import ERROR, RESULT, TrialFn, read_result, run_trial, t
 # RAY_CHDIR_TO_TRIAL_DIR=0: trials keep the caller's working directory, as in the sequential
 # backend, so relative paths in a config mean the same thing in both.
 # RAY_AIR_NEW_OUTPUT=0: with Tune's newer console output, verbose=0 still prints a config table.
-_RAY_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_AIR_NEW_OUTPUT": "0"}
+# TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1: the grid's result.json is the record; Tune's CSV, JSON and
+# TensorBoard loggers would add a second result.json per trial and took ~2 s of start-up on 2 cores.
+_RAY_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 
 
 def run_on_ray(pending: list[Trial], fn: TrialFn, out_dir: Path, *, workers: int, ray_address: str | None,
@@ -44,12 +46,15 @@ def _connect(ray, *, workers: int, cpus_per_trial: int, ray_address: str | None)
     if ray.is_initialized():
         return False
     # log_to_driver=False: trial output stays in Ray's session logs instead of interleaving on
-    # the console; ERROR level hides Ray's start-up notices but not its failures.
+    # the console; ERROR level hides Ray's start-up notices but not its failures. The session logs
+    # stay in Ray's default temp dir: under a deep out_dir, Ray's socket paths would exceed the
+    # 107-byte AF_UNIX limit and ray.init would fail.
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR}
     if ray_address is not None:
         ray.init(address=ray_address, **quiet)
     else:
-        ray.init(num_cpus=workers * cpus_per_trial, include_dashboard=False, **quiet)
+        # address="local": always a fresh instance of our size, never a cluster named by RAY_ADDRESS.
+        ray.init(address="local", num_cpus=workers * cpus_per_trial, include_dashboard=False, **quiet)
     return True
 
 
