@@ -159,7 +159,9 @@ def grid_ratio(n_trials: int = 8, steps: int = 24000) -> float:
     """Sequential grid time over Ray Tune time with two workers, each run_grid call timed whole.
 
     Both sides give each trial one torch thread (cpus_per_trial=1), so one trial does the same work
-    at the same speed in either; only the number running at once differs.
+    at the same speed in either; only the number running at once differs. The trials are long
+    (~30 s each on 2 cores) because Ray's fixed cost (~12 s to start Ray, Tune and the trial
+    processes, and to stop them) must stay small next to the grid.
     """
     from medmtl.grid import expand_grid, run_grid
 
