@@ -27,8 +27,9 @@ sysdeps:
 	  else echo "note: r-cran-proc and chromium are missing and cannot be installed here; their tests will skip"; fi; \
 	fi
 
+# study 0 (multi-task vs transfer learning) in its quick CPU version; the report lands in runs/s0-mtl-vs-tl/report/
 demo: $(STAMP)
-	$(BIN)/medmtl data inspect experiments/datasets.yaml
+	$(BIN)/medmtl run experiments/s0-mtl-vs-tl.yaml --quick
 
 test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q

@@ -104,3 +104,33 @@ def test_cross_validation_on_a_representative_split(tmp_path, shared_cache):
     test = pred[(pred.split == "test") & (pred.arm == "stl")]
     assert set(test["fold"]) == {0, 1}
     assert test["id"].is_unique and len(test) == 780      # all BreastMNIST images, each tested once
+
+
+def test_arms_run_as_parallel_trials_in_dependency_waves(tmp_path, shared_cache, monkeypatch):
+    """``--workers 2``: arms x seeds as Ray trials, source arms in an earlier wave, same scores as a
+    sequential run, and a second run trains nothing again."""
+    import medmtl.experiment as experiment
+    from medmtl.grid.arms import waves
+
+    monkeypatch.setattr(experiment, "_report", lambda run_dir: None)
+    cfg = _experiment(tmp_path, shared_cache)
+    raw = cfg.model_dump(mode="json")
+    raw["experiment"]["tta"] = False
+    raw["experiment"]["seeds"] = [0, 1]
+    raw["experiment"]["arms"] = [a for a in raw["experiment"]["arms"] if a["name"] in ("stl", "mtl", "fe")]
+    par = parse_config({**raw, "run_dir": str(tmp_path / "par")})
+    seq = parse_config({**raw, "run_dir": str(tmp_path / "seq")})
+    assert [[a.name for a in w] for w in waves(par.experiment.arms)] == [["stl", "mtl"], ["fe"]]
+    out = run_experiment(par, quick=True, progress=False, workers=2)
+    trials = sorted(p.name for p in (out / "grid" / "trials").iterdir())
+    assert trials == ["fe-seed0", "fe-seed1", "mtl-seed0", "mtl-seed1", "stl-seed0", "stl-seed1"]
+    assert all((out / "grid" / "trials" / t / "result.json").is_file() for t in trials)
+    ref = run_experiment(seq, quick=True, progress=False)
+    cols = ["score_malignant", "score_benign_or_normal"]
+    a = pd.read_csv(out / "results/predictions.csv").sort_values(["arm", "seed", "split", "id"])
+    b = pd.read_csv(ref / "results/predictions.csv").sort_values(["arm", "seed", "split", "id"])
+    assert list(a["id"]) == list(b["id"])
+    assert abs(a[cols].to_numpy() - b[cols].to_numpy()).max() < 1e-3
+    stamp = (out / "arms/stl/seed0/done.json").stat().st_mtime_ns
+    run_experiment(par, quick=True, progress=False, workers=2)           # everything finished: nothing runs
+    assert (out / "arms/stl/seed0/done.json").stat().st_mtime_ns == stamp

@@ -9,7 +9,7 @@ from medmtl.data.pipeline import TaskSpec
 from medmtl.models.heads import HEADS, Features, to_probabilities
 from medmtl.models.trunks import TRUNKS
 
-EXPECTED_HEADS = {"aux_conditioned", "box", "fc100_fc2", "linear", "segmentation", "transfer"}
+EXPECTED_HEADS = {"aux_conditioned", "box", "fc100_fc2", "feature_transfer", "linear", "segmentation", "transfer"}
 
 
 def spec(name: str, kind: str, n: int = 2, role: str = "main") -> TaskSpec:
@@ -22,7 +22,7 @@ def tasks_for(head: str) -> list[TaskSpec]:
     kinds = sorted(HEADS.meta(head)["task_types"])
     n = {"binary": 2, "multiclass": 3, "ordinal": 4, "multilabel": 5}
     if HEADS.meta(head)["multi_task"]:
-        return [spec("main", "multiclass", 3)] + [spec(f"aux_{k}", k, n[k], role="auxiliary") for k in kinds]
+        return [spec("main", "multiclass", 3)] + [spec(f"aux_{k}", k, n.get(k, 0), role="auxiliary") for k in kinds]
     return [spec(f"t_{k}", k, n.get(k, 0)) for k in kinds]
 
 
@@ -106,7 +106,7 @@ def test_segmentation_refuses_decoder_channels_of_the_wrong_length():
 
 @pytest.mark.parametrize("name", HEADS.list())
 def test_head_refuses_a_task_kind_it_does_not_serve(name):
-    wrong = "segmentation" if "segmentation" not in HEADS.meta(name)["task_types"] else "binary"
+    wrong = next(k for k in ("segmentation", "binary", "multilabel") if k not in HEADS.meta(name)["task_types"])
     tasks = [spec("bad", wrong)]
     with pytest.raises(ValueError, match=rf"task 'bad' has kind '{wrong}', which head '{name}' does not support"):
         HEADS.get(name)(tasks, 16, tiny().feature_info)

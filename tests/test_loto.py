@@ -78,3 +78,32 @@ def test_loto_run_over_five_shared_tasks(tmp_path, shared_cache, monkeypatch):
     monkeypatch.setattr(strategies, "_train", lambda *a, **k: calls.append(a) or real(*a, **k))
     run_experiment(cfg, progress=False)
     assert calls == []       # neither the LOTO trials nor the transfers are trained again
+
+
+def test_loto_trials_run_as_parallel_grid_trials(tmp_path, shared_cache):
+    """``--workers 2``: the pool trainings (left-out group x combination x seed) run as Ray trials;
+    the protocol then finds them finished and only reads them back."""
+    from medmtl.experiment import run_experiment
+
+    need_data("medmnist")
+    med = lambda name, classes, mode: {  # noqa: E731
+        "name": name, "kind": "binary" if len(classes) == 2 else "ordinal", "classes": classes, "target": "label",
+        "reader": {"name": "medmnist", "path": f"${{MEDMTL_DATA}}/medmnist/{name}.npz"},
+        "image": {"size": 28, "mode": mode}, "split": {"method": "official"}}
+    cfg = parse_config({
+        "name": "loto_par", "seed": 0, "cache_dir": str(shared_cache), "run_dir": str(tmp_path / "loto"),
+        "tasks": [med("breastmnist", ["malignant", "normal_or_benign"], "L"),
+                  med("retinamnist", ["0", "1", "2", "3", "4"], "RGB")],
+        "data": {"batch_size": 32, "size": 28, "limit_train": 48, "limit_eval": 40},
+        "model": {"trunk": {"name": "test_tiny"}},
+        "train": {"epochs": 1, "mlflow": False},
+        "loto": {"pool": ["breastmnist", "retinamnist"], "grid": {"train.optimizer.lr": [0.05, 0.01]},
+                 "seeds": [0], "lrs": [0.01], "svm_c": [1.0], "transfer": ["feature_extraction"]},
+    })
+    out = run_experiment(cfg, progress=False, workers=2) / "loto"
+    grid = sorted((out / "grid" / "trials").iterdir())
+    assert len(grid) == 4 and all((g / "result.json").is_file() for g in grid)   # 2 groups x 2 lrs
+    stored = [json.loads((g / "result.json").read_text()) for g in grid]
+    assert all(0 <= a <= 1 for r in stored for a in r["auc"].values())
+    scores = pd.read_csv(out / "scores.csv")
+    assert len(scores) == 4

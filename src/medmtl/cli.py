@@ -70,13 +70,18 @@ def run(
     config: Path = typer.Argument(..., help="Experiment YAML with an 'experiment' section (arms to compare)."),
     quick: bool = typer.Option(False, "--quick", help="Apply the config's 'quick' overrides (a CPU version)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    workers: int = typer.Option(1, "--workers", min=1,
+                                help="Run arms x seeds as this many parallel trials on a local Ray instance."),
+    ray_address: str = typer.Option(None, "--ray-address",
+                                    help="Run the trials on an existing Ray cluster ('auto' or 'ray://host:10001')."),
 ) -> None:
     """Run a comparison of strategies: every arm and seed, test scores, results and report."""
     from medmtl.config import load_config
     from medmtl.experiment import run_experiment
 
     try:
-        out = run_experiment(load_config(config), quick=quick, progress=progress and sys.stderr.isatty())
+        out = run_experiment(load_config(config), quick=quick, progress=progress and sys.stderr.isatty(),
+                             workers=workers, ray_address=ray_address)
     except (MedmtlError, KeyError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(f"results: {out / 'results'}")

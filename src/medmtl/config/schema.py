@@ -69,6 +69,12 @@ class TaskConfig(_Section):
     target: str
     reader: ReaderConfig
     classes: list[str] | None = None
+    # a subset of the reader's classes (BUSI benign vs malignant without normal): ``drop`` leaves
+    # images of unlisted classes unlabelled for this task (masked, never imputed); ``error`` refuses them
+    unlisted: Literal["error", "drop"] = "error"
+    # a continuous reader target (BUSI lesion_size) made binary: ``median`` = above the median of
+    # the task's TRAINING-split values (never val/test, so no leakage); classes default to low/high
+    binarize: Literal["median"] | None = None
     role: Literal["main", "auxiliary"] = "main"
     loss_weight: float = Field(1.0, ge=0.0)
     metric: str | None = None
@@ -96,6 +102,11 @@ class TaskConfig(_Section):
                 raise ValueError(f"classes repeat a name: {self.classes}")
             if self.kind == "binary" and len(self.classes) != 2:
                 raise ValueError(f"a binary task has exactly 2 classes, got {self.classes}")
+        elif self.unlisted == "drop":
+            raise ValueError("unlisted: drop needs classes (the subset to keep)")
+        if self.binarize is not None and self.kind != "binary":
+            raise ValueError(f"task {self.name!r}: binarize={self.binarize!r} makes a binary task; "
+                             f"set kind: binary (got kind: {self.kind})")
         return self
 
 
@@ -142,7 +153,9 @@ class DataLoaderConfig(_Section):
 
     ``size`` is the side of the images fed to the network (default: the largest cached size of
     the tasks). ``limit_train``/``limit_eval`` keep a seeded subset of that many images per task
-    (quick CPU runs and tests); the run log says so.
+    (quick CPU runs and tests); the run log says so. ``limit_test`` does the same for the final
+    scoring of the test split (default: the whole split); the subset is the same for every arm and
+    seed, so paired tests still compare the same cases, and the report says it is a subset.
     """
 
     batch_size: int = Field(64, ge=1)
@@ -152,6 +165,7 @@ class DataLoaderConfig(_Section):
     size: int | None = Field(None, ge=8)
     limit_train: int | None = Field(None, ge=1)
     limit_eval: int | None = Field(None, ge=1)
+    limit_test: int | None = Field(None, ge=1)
 
 
 class TrunkConfig(_Section):
@@ -254,8 +268,8 @@ class TrainConfig(_Section):
 class ArmConfig(_Section):
     """One arm of a comparison: a registered strategy and its settings.
 
-    ``tasks``: the tasks trained together (``stl``: the main task; ``mtl``/``joint``: main plus
-    auxiliary/pool tasks). ``source``: the source tasks of ``sequential`` transfer.
+    ``tasks``: the tasks trained together (``stl``: one task, the main task by default;
+    ``mtl``/``joint``: main plus auxiliary/pool tasks). ``source``: the source tasks of ``sequential`` transfer.
     ``source_arm``: take the trunk of another arm's model (``feature_extraction``, ``finetune``).
     ``pretrained``: the trunk's starting weights when no ``source_arm`` (``imagenet``, a path, or
     null for random init). ``head``: the new head for the target (``sequential``). ``lrs``: the
@@ -285,16 +299,86 @@ class CVConfig(_Section):
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
 
 
-class ExperimentSection(_Section):
-    """A comparison of arms on one main task, repeated over ``seeds``; ``tta`` averages test scores
-    over the 8 flips and rotations."""
+class ReferenceValue(_Section):
+    """One published number to set beside ours: ``arm``'s ``metric`` on ``task``/``split`` (our
+    value is the mean over seeds). ``scale`` converts ours to the paper's unit (100 for percent).
+
+    ``read_from: results`` takes ours from the scored predictions (val/test); ``history`` from the
+    best epoch of a training run's ``history.csv`` (training accuracy, validation loss, auxiliary
+    tasks), ``model`` naming a sub-run of the arm (``source`` of a sequential transfer).
+    """
+
+    label: str
+    arm: str
+    task: str
+    split: Literal["train", "val", "test"] = "test"
+    metric: str = "auc"
+    published: float
+    scale: float = Field(1.0, gt=0.0)
+    read_from: Literal["results", "history"] = "results"
+    model: str = ""
+
+
+class ReferenceConfig(_Section):
+    """Published results of the study a config follows, typed in by hand and labelled as such."""
+
+    source: str
+    note: str = ""
+    values: list[ReferenceValue] = []
+
+
+class ApplicationConfig(_Section):
+    """One application of a study: its main task, the tasks multi-task arms train (``tasks``) and
+    dotted ``overrides`` for the whole config (applied before each arm's own overrides)."""
 
     main_task: str
+    tasks: list[str] | None = None
+    overrides: dict[str, Any] = {}
+
+
+class ExperimentSection(_Section):
+    """A comparison of arms on one main task, repeated over ``seeds``; ``tta`` averages test scores
+    over the 8 flips and rotations.
+
+    ``applications`` runs every arm once per application (each with its own main task), into
+    ``applications/<name>/`` of the run dir, with one report for all of them. ``comparisons``: pairs
+    of arms the report tests against each other (paired DeLong per task, Holm-corrected; with
+    several seeds also the 2-std rule and Wilcoxon); by default every multi-task arm against every
+    single-task arm.
+    """
+
+    main_task: str | None = None
     seeds: list[int] = [0]
     arms: list[ArmConfig] = Field(min_length=1)
     tta: bool = False
     cv: CVConfig | None = None
-    reference: dict[str, Any] = {}
+    applications: dict[str, ApplicationConfig] = {}
+    reference: ReferenceConfig | None = None
+    # the tasks scored on val/test (classification into predictions.csv, segmentation and detection
+    # per image into predictions_dense.csv); None: the main task only
+    evaluate: list[str] | None = None
+    comparisons: list[tuple[str, str]] = []
+
+    @field_validator("comparisons")
+    @classmethod
+    def _pairs(cls, v):
+        for a, b in v:
+            if a == b:
+                raise ValueError(f"a comparison needs two different arms, got [{a}, {b}]")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.main_task is None and not self.applications:
+            raise ValueError("experiment needs main_task (or applications, each with its main_task)")
+        names = [a.name for a in self.arms]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"arm names must be unique; repeated: {dup}")
+        unknown = sorted({n for pair in self.comparisons for n in pair} - set(names))
+        if unknown:
+            raise ValueError(f"comparisons name arms {unknown} that are not in arms {names}")
+        return self
 
 
 class LOTOConfig(_Section):
@@ -305,13 +389,23 @@ class LOTOConfig(_Section):
     trained on the rest of the pool and its trunk scored on the left-out tasks by feature extraction
     (validation AUC). For a target task the combination with the best average rank over the OTHER
     tasks is chosen, and its model is transferred to the target by ``transfer`` protocols and tested.
+
+    ``targets``: the tasks left out and transferred to (each with its related tasks); ``None`` = the
+    whole pool. The paper also left out only some of its tasks; the others always train.
+    ``joint``: also train on the whole pool (targets included) per combination and seed; a target's
+    combination is chosen on its validation set (arm ``loto_joint``). ``artifact``: save the trunk of
+    the whole-pool model of the combination with the best average rank over every left-out task as
+    ``artifacts/pool_trunk.pt`` with a model card (``model.trunk.pretrained`` accepts the file).
     """
 
     pool: list[str] = Field(min_length=2)
     related: list[list[str]] = []
+    targets: list[str] | None = None
     grid: dict[str, list[Any]] = {}
     seeds: list[int] = [0]
     transfer: list[Literal["feature_extraction", "finetune"]] = ["feature_extraction", "finetune"]
+    joint: bool = False
+    artifact: bool = False
     lrs: list[float] = [1e-3, 1e-4]
     svm_c: list[float] = [1e-4, 1e-2, 1.0]
 

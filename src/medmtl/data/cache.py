@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medmtl.data.records import FileSource, ImageSource, Record, Skipped
+from medmtl.data.records import FileSource, ImageSource, Record, Skipped, file_digest
 from medmtl.errors import DataError
 
 
@@ -181,12 +181,12 @@ class DecodeCache:
                 st = os.stat(path)
                 entry = known.get(path)
                 if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
-                    keys.append(entry[2])
+                    keys.append(src.content_key(entry[2]))
                     continue
-                key = src.fingerprint()
+                key = file_digest(src.path)
                 known[path] = [st.st_size, st.st_mtime_ns, key]
                 changed = True
-                keys.append(key)
+                keys.append(src.content_key(key))  # a crop keys apart from its whole file
             else:
                 keys.append(src.fingerprint())
         if changed:

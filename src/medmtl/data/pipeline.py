@@ -46,6 +46,9 @@ class TaskSpec:
     group_key: str = "patient"
     domain: str | None = None
     evaluate_at: str = "image"
+    unlisted: str = "error"   # "drop": labels outside ``classes`` count as missing for this task
+    binarize: str | None = None       # "median": a continuous target cut at ``threshold``
+    threshold: float | None = None    # learned from the training split by ``binarize_at_median``
 
     @property
     def num_classes(self) -> int:
@@ -120,21 +123,52 @@ def encode_labels(task: TaskSpec, records, source_name: str) -> np.ndarray:
         out = np.full((n, task.num_classes), np.nan, np.float32)
     else:
         out = np.full(n, -1, np.int64)
+    if task.binarize is not None and task.threshold is None:
+        raise DataError(f"task {task.name!r}: binarize={task.binarize!r} but no threshold was learned; "
+                        "binarize_at_median(task, records, split) sets it from the training split first")
     for i, rec in enumerate(records):
         if task.target not in rec.labels:
             continue
         value = rec.labels[task.target]
-        if task.kind in ("segmentation", "detection"):
+        if task.binarize is not None:
+            out[i] = int(_numeric(task, value, rec) > task.threshold)   # ties go to the low class
+        elif task.kind in ("segmentation", "detection"):
             ok = (task.kind == "segmentation" and bool(rec.masks)) or (task.kind == "detection" and rec.boxes is not None)
             out[i] = 1 if ok else -1
         elif task.kind == "multilabel":
             names = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(";") if v]
             out[i] = 0
             for v in names:
-                out[i, _class_index(task, v, rec)] = 1
+                k = _class_index(task, v, rec)
+                if k >= 0:
+                    out[i, k] = 1
         else:
             out[i] = _class_index(task, value, rec)
     return out
+
+
+def _numeric(task: TaskSpec, value, rec) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"task {task.name!r} (binarize: {task.binarize}): label {value!r} of target {task.target!r} "
+                        f"of {rec.source.describe()} (id {rec.id!r}) is not a number") from None
+
+
+def binarize_at_median(task: TaskSpec, records, split: np.ndarray) -> str:
+    """Set ``task.threshold`` to the median of the task's values on the TRAINING split; returns a note.
+
+    Only training records count, so the validation and test labels cannot shape the cut (changing
+    a test value leaves every label unchanged). Values above the median get class 1 (``classes[1]``).
+    """
+    values = np.array([_numeric(task, r.labels[task.target], r) for r, s in zip(records, split)
+                       if s == "train" and task.target in r.labels], dtype=np.float64)
+    if not len(values):
+        raise DataError(f"task {task.name!r}: binarize: median needs training images with a {task.target!r} value; "
+                        "the training split has none")
+    task.threshold = float(np.median(values))
+    return (f"task {task.name}: {task.target} binarised at its training median {task.threshold:.4g} "
+            f"({len(values)} training images; > median = {task.classes[1]!r})")
 
 
 def _class_index(task: TaskSpec, value, rec) -> int:
@@ -143,6 +177,8 @@ def _class_index(task: TaskSpec, value, rec) -> int:
             return int(value)
     elif str(value) in task.classes:
         return task.classes.index(str(value))
+    if task.unlisted == "drop":
+        return -1  # a class the task leaves out (BUSI normal in benign vs malignant): no label here
     raise DataError(f"task {task.name!r}: label {value!r} of {rec.source.describe()} (id {rec.id!r}) is not one of "
                     f"the declared classes {list(task.classes)}")
 
@@ -151,7 +187,17 @@ def resolve_task(tcfg, targets: dict[str, TargetInfo], source: str, where: str) 
     if tcfg.target not in targets:
         raise ConfigError(f"{where}.target={tcfg.target!r}: the {tcfg.reader.name!r} reader provides {sorted(targets)}")
     info = targets[tcfg.target]
+    binarize = getattr(tcfg, "binarize", None)
+    if info.kind == "continuous" and binarize is None and tcfg.kind not in ("segmentation", "detection"):
+        raise ConfigError(f"{where} ({tcfg.name}).target={tcfg.target!r} is a continuous value of the "
+                          f"{tcfg.reader.name!r} reader, not classes; add binarize: median (kind: binary)")
+    if binarize is not None and info.kind != "continuous":
+        raise ConfigError(f"{where} ({tcfg.name}).binarize={binarize!r}: target {tcfg.target!r} of the "
+                          f"{tcfg.reader.name!r} reader is {info.kind} (classes {list(info.classes or ())}), not "
+                          "numeric; binarize applies to continuous targets only")
     classes = tuple(tcfg.classes) if tcfg.classes else info.classes
+    if binarize is not None:
+        classes = classes or ("low", "high")
     if tcfg.kind in ("segmentation", "detection"):
         classes = classes or ("background", "lesion")
     elif not classes:
@@ -161,7 +207,7 @@ def resolve_task(tcfg, targets: dict[str, TargetInfo], source: str, where: str) 
         raise ConfigError(f"{where}.classes: a binary task has 2 classes; the data has {list(classes)} "
                           "(declare classes, or use kind: multiclass)")
     return TaskSpec(tcfg.name, tcfg.kind, tuple(classes), tcfg.target, source, tcfg.role, tcfg.loss_weight,
-                    tcfg.metric, tcfg.group_key, tcfg.domain, tcfg.evaluate_at)
+                    tcfg.metric, tcfg.group_key, tcfg.domain, tcfg.evaluate_at, tcfg.unlisted, tcfg.binarize)
 
 
 # -- groups and splits ------------------------------------------------------------------------
@@ -246,14 +292,26 @@ def prepare(cfg, *, progress: bool = True, write_splits: bool = True) -> Prepare
     for item in loaded:
         _group_source(cfg, item)
     _link_copies(cfg, loaded)
-    tasks, sources, labels = {}, {}, {}
+    tasks, sources, labels, thresholds = {}, {}, {}, {}
     assigned: dict[str, str] = {}  # cross-dataset group -> split, from the sources split so far
     for item in loaded:
         sources[item.key] = _build_source(cfg, item, assigned, write_splits)
         for spec in item.specs:
+            if spec.binarize == "median":   # after the split: the cut is learned from training images only
+                sources[item.key].notes.append(binarize_at_median(spec, item.cached.records, sources[item.key].split))
+                log.info("%s", sources[item.key].notes[-1])
+                thresholds[spec.name] = {"target": spec.target, "binarize": spec.binarize,
+                                         "threshold": spec.threshold, "classes": list(spec.classes)}
             tasks[spec.name] = spec
             labels[spec.name] = encode_labels(spec, item.cached.records, item.key)
     data = PreparedData(tasks, sources, labels, cache_dir=Path(cfg.cache_dir))
+    if thresholds and write_splits:
+        # beside the split files they were learned from, for the report; merged by task, since
+        # several configs (an experiment's applications) may prepare their tasks into one run dir
+        path = Path(cfg.run_dir) / "splits" / "thresholds.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        path.write_text(json.dumps({**known, **thresholds}, indent=2))
     try:
         from medmtl.data.leakage import apply_leakage_guard
     except ImportError:  # pragma: no cover - until the guard lands
@@ -347,7 +405,8 @@ def _build_source(cfg, item: _Loaded, assigned: dict[str, str], write_splits: bo
     records = cached.records
     ids = [r.id for r in records]
     official = np.array([r.split for r in records], dtype=object)
-    strat = next((s for s in specs if s.kind in CLASSIFICATION), None)
+    # stratify on class labels, never on a continuous value (binarized tasks have no classes yet)
+    strat = next((s for s in specs if s.kind in CLASSIFICATION and s.binarize is None), None)
     y = np.array([str(r.labels.get(strat.target, "?")) if strat else "?" for r in records])
     where = f"tasks[{item.index}]"
 

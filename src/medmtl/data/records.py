@@ -83,22 +83,52 @@ def pil_to_uint8(img) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FileSource(ImageSource):
-    """An image file readable by Pillow (PNG, JPEG, PGM, BMP, TIFF ...)."""
+    """An image file readable by Pillow (PNG, JPEG, PGM, BMP, TIFF ...).
+
+    ``crop`` (x0, y0, x1, y1, integer pixels of the stored image, x1/y1 exclusive) keeps only that
+    region, zero-padded where it reaches past the image border so a region centred on a lesion
+    near the edge stays centred on it. A crop is part of the content key: two crops of one file,
+    or a crop and the whole file, never share a cache slot.
+    """
 
     path: Path
+    crop: tuple[int, int, int, int] | None = None
 
     def fingerprint(self) -> str:
-        return file_digest(self.path)
+        return self.content_key(file_digest(self.path))
+
+    def content_key(self, file_key: str) -> str:
+        """The key of this source's pixels given the sha1 of its file (the file's own without a crop)."""
+        if self.crop is None:
+            return file_key
+        return hashlib.sha1(f"{file_key}|crop={','.join(map(str, self.crop))}".encode()).hexdigest()
 
     def load(self) -> np.ndarray:
         from PIL import Image
 
         with Image.open(self.path) as img:
             img.load()
-            return pil_to_uint8(img)
+            arr = pil_to_uint8(img)
+        return arr if self.crop is None else crop_padded(arr, self.crop)
 
     def describe(self) -> str:
-        return str(self.path)
+        if self.crop is None:
+            return str(self.path)
+        x0, y0, x1, y1 = self.crop
+        return f"{self.path}[x {x0}:{x1}, y {y0}:{y1}]"
+
+
+def crop_padded(arr: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """``arr[y0:y1, x0:x1]`` with zeros where the box lies outside the image."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"empty crop box {box} (x0, y0, x1, y1)")
+    h, w = arr.shape[:2]
+    out = np.zeros((y1 - y0, x1 - x0, *arr.shape[2:]), dtype=arr.dtype)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = arr[sy0:sy1, sx0:sx1]
+    return out
 
 
 @dataclass(frozen=True)
@@ -180,7 +210,11 @@ class Skipped:
 
 @dataclass(frozen=True)
 class TargetInfo:
-    """What a reader knows about one of its targets (defaults for the task declaring it)."""
+    """What a reader knows about one of its targets (defaults for the task declaring it).
+
+    ``kind`` is a task kind, or ``continuous`` for a numeric value with no classes (a task uses it
+    through ``binarize``).
+    """
 
     kind: str
     classes: tuple[str, ...] | None = None

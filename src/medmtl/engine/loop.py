@@ -75,6 +75,16 @@ def _limit(dataset, limit: int | None, seed: int):
     return dataset
 
 
+EVAL_SUBSET_SEED = 20171  # one fixed seed: every arm and seed scores the same val/test subset
+
+
+def scoring_subset(dataset, cfg, split: str):
+    """The images of ``split`` that final scoring uses: ``limit_eval`` (val) / ``limit_test`` (test)
+    per task, the same subset for every arm and training seed so that paired tests stay paired."""
+    limit = {"val": cfg.data.limit_eval, "test": cfg.data.limit_test}.get(split)
+    return _limit(dataset, limit, EVAL_SUBSET_SEED)
+
+
 def build_datasets(cfg, data, tasks: list[str]):
     from medmtl.data.dataset import MultiTaskDataset
 
@@ -145,6 +155,13 @@ class Trainer:
         self.weighting = WEIGHTINGS.get(tc.weighting.name)(**tc.weighting.kwargs)
         self.weighting.setup(list(self.specs.values()), _train_labels(data, self.specs))
         self.weighting_meta = WEIGHTINGS.meta(tc.weighting.name)
+        if getattr(self.weighting, "report_", None) is not None and self.fabric.is_global_zero:
+            # what a data-driven weighting decided (spearman: r, p, kept per auxiliary task), for the report
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "weighting.json").write_text(json.dumps(
+                {"name": tc.weighting.name, "kwargs": tc.weighting.kwargs,
+                 "main": getattr(self.weighting, "main_", None), "report": self.weighting.report_},
+                indent=2, default=float))
         self.frozen = set()
         for trunk in self._trunks():
             self.frozen |= {id(p) for p in optim.freeze_stages(trunk, tc.freeze_stages)}
@@ -208,14 +225,20 @@ class Trainer:
 
         self.sampler.set_epoch(self.epoch)
         totals: dict[str, list[float]] = {t: [0.0, 0] for t in self.tasks}
+        right: dict[str, list[int]] = {t: [0, 0] for t in self.tasks}
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}", leave=False,
                    disable=not self.progress, mininterval=0.5)
         for batch in bar:
-            losses, counts, rows_per_head = self.train_step(batch)
+            losses, counts, correct = self.train_step(batch)
             for t, v in losses.items():
                 totals[t][0] += v * counts[t]
                 totals[t][1] += counts[t]
+            for t, (k, n) in (correct or {}).items():
+                right[t][0] += k
+                right[t][1] += n
             bar.set_postfix({t: f"{s / max(n, 1):.3f}" for t, (s, n) in totals.items() if n}, refresh=False)
+        # training accuracy of the running model (as the studies' tables report it), not a re-evaluation
+        self.train_accuracy = {t: k / n for t, (k, n) in right.items() if n}
         return {t: (s / n if n else math.nan) for t, (s, n) in totals.items()}
 
     def _set_train_mode(self, warming: bool) -> None:
@@ -267,7 +290,7 @@ class Trainer:
                 for p in trunk_params:
                     p.requires_grad_(True)
         self.step += 1
-        return {t: float(v.detach()) for t, v in means.items()}, counts, None
+        return {t: float(v.detach()) for t, v in means.items()}, counts, _correct(self.specs, outputs, labels, mask)
 
     def _warmup_lr(self, warming: bool) -> None:
         lr = self.cfg.train.warmup.lr
@@ -312,6 +335,7 @@ class Trainer:
             row = {"epoch": self.epoch + 1, "seconds": round(time.perf_counter() - start, 3),
                    "lr": self.optimizer.param_groups[0]["lr"], "monitor": monitor}
             row.update({f"train_loss/{t}": v for t, v in train_losses.items()})
+            row.update({f"train_accuracy/{t}": v for t, v in getattr(self, "train_accuracy", {}).items()})
             row.update({f"val_{m}/{t}": v for t, ms in metrics.items() for m, v in ms.items()})
             self.history.append(row)
             self.epoch += 1
@@ -321,8 +345,14 @@ class Trainer:
                 self.bad_epochs = 0
                 # a copy of the weights at this epoch, never a reference to the live model
                 if rank0:
+                    # trunk_name/kwargs: the options the trunk was built with (an ImageNet start of
+                    # efficientnet_lite0 adds TF padding and bn_eps), so that load_run and
+                    # `pretrained: best.ckpt` rebuild this network, not one with other padding
+                    trunk = self._trunks()[0]
                     ckpt.save_atomic({"model": copy.deepcopy(self.net.state_dict()), "epoch": self.epoch,
-                                      "metrics": metrics, "tasks": _spec_dicts(self.specs)},
+                                      "metrics": metrics, "tasks": _spec_dicts(self.specs),
+                                      "trunk_name": getattr(trunk, "trunk_name", None),
+                                      "trunk_kwargs": dict(getattr(trunk, "trunk_kwargs", {}))},
                                      self.ckpt_dir / "best.ckpt")
             else:
                 self.bad_epochs += 1
@@ -383,6 +413,19 @@ class Trainer:
         from medmtl.engine.tracking import log_epoch
 
         log_epoch(self.cfg, self.run_dir, row)
+
+
+@torch.no_grad()
+def _correct(specs: dict, outputs, labels, mask) -> dict[str, tuple[int, int]]:
+    """(right, labelled) argmax predictions per single-label classification task of one batch."""
+    out = {}
+    for task, (output, rows) in outputs.items():
+        if specs[task].kind not in ("binary", "multiclass", "ordinal"):
+            continue
+        keep = mask[task][rows]
+        pred = output.detach()[keep].argmax(dim=1)
+        out[task] = (int((pred == labels[task][rows][keep]).sum()), int(keep.sum()))
+    return out
 
 
 def _to(obj, device):

@@ -30,6 +30,10 @@ def load_run(run_dir: Path):
     state = ckpt.load(best)
     specs = _specs(state["tasks"])
     cfg.model.trunk.pretrained = None   # the checkpoint holds the trained weights
+    # ... but not always the options that came with the start weights (TF padding of an ImageNet
+    # efficientnet_lite0): without them the same weights would run in another network
+    saved = {k: v for k, v in (state.get("trunk_kwargs") or {}).items() if k not in ("in_chans", "small_input")}
+    cfg.model.trunk.kwargs = {**saved, **cfg.model.trunk.kwargs}
     model = build_model(cfg, specs)
     model.load_state_dict(state["model"])
     return cfg, model.eval(), specs

@@ -44,7 +44,9 @@ def _targets(kind: str, labels, rows: torch.Tensor, size: int) -> np.ndarray:
 
 def task_metrics(spec, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """The task's declared metric plus the usual companions for its kind."""
-    names = {"binary": ["auc", "accuracy"], "multiclass": ["auc", "accuracy"], "ordinal": ["auc", "accuracy"],
+    single = ["auc", "accuracy", "cross_entropy"]  # cross-entropy: the validation loss of the studies' tables
+    # sensitivity/specificity (positive = classes[1] at score >= 0.5): the diagnostic studies' tables
+    names = {"binary": [*single, "sensitivity", "specificity"], "multiclass": single, "ordinal": single,
              "multilabel": ["auc"], "segmentation": ["dice", "iou"], "detection": ["box_iou", "hit_rate"]}[spec.kind]
     if spec.metric not in names:
         names = [spec.metric, *names]

@@ -31,7 +31,7 @@ class Trial:
     params: dict[str, Any]
 
 
-def set_dotted(config: dict, key: str, value: Any) -> None:
+def set_dotted(config: dict, key: str, value: Any, *, what: str = "grid axis") -> None:
     """Set ``config[a][b][c] = value`` for ``key="a.b.c"``, in place.
 
     The leaf may be new (an unset option), but every parent must already exist: a typo in a
@@ -42,6 +42,7 @@ def set_dotted(config: dict, key: str, value: Any) -> None:
         config: Nested config dict, modified in place.
         key: Dotted path, such as ``train.optimizer.lr``.
         value: Value to store at the leaf.
+        what: How error messages name ``key`` (a grid axis, a quick-mode override, ...).
 
     Raises:
         ConfigError: If a parent of ``key`` is missing or is not a mapping.
@@ -51,14 +52,14 @@ def set_dotted(config: dict, key: str, value: Any) -> None:
     for depth, part in enumerate(parts[:-1]):
         where = ".".join(parts[:depth]) or "the top level"
         if not isinstance(node, dict):
-            raise ConfigError(f"grid axis {key!r}: {where!r} holds a {type(node).__name__}, not a mapping, "
+            raise ConfigError(f"{what} {key!r}: {where!r} holds a {type(node).__name__}, not a mapping, "
                               f"so it has no key {part!r}")
         if part not in node:
-            raise ConfigError(f"grid axis {key!r}: {'.'.join(parts[:depth + 1])!r} does not exist in the base "
+            raise ConfigError(f"{what} {key!r}: {'.'.join(parts[:depth + 1])!r} does not exist in the base "
                               f"config; keys at {where}: {sorted(node)}{did_you_mean(part, node)}")
         node = node[part]
     if not isinstance(node, dict):
-        raise ConfigError(f"grid axis {key!r}: {'.'.join(parts[:-1])!r} holds a {type(node).__name__}, "
+        raise ConfigError(f"{what} {key!r}: {'.'.join(parts[:-1])!r} holds a {type(node).__name__}, "
                           f"not a mapping, so it has no key {parts[-1]!r}")
     node[parts[-1]] = value
 

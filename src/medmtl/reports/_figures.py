@@ -64,36 +64,53 @@ def roc_curve_of(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def roc_figures(inputs: Inputs) -> list[Figure]:
-    from medmtl.reports._stats import auc_fast
-
+    """ROC curves per classification task (one curve per arm); a task scored per group gets a
+    second figure with the image-level curves."""
     seed = inputs.reference_seed
     figures = []
     for task, info in inputs.tasks.items():
         if info.kind not in CLASSIFICATION:
             inputs.note("roc", f"task {task} is {info.kind}: no ROC curve (its metrics are in the table)")
             continue
+        if inputs.predictions is not None and task not in set(inputs.predictions["task"]):
+            continue  # an auxiliary task: trained, never scored on test, so absent from the table too
         curves = [(a, inputs.task_predictions(a, seed, task)) for a in inputs.arms]
         curves = [(a, r) for a, r in curves if r is not None and r["y_true"].nunique() > 1]
         if not curves:
             if inputs.predictions is not None:
                 inputs.note("roc", f"task {task}: no test predictions with two classes for seed {seed}")
             continue
-        fig = new_figure(4.6, 4.2)
-        ax = fig.add_subplot()
-        for (arm, rows), colour in zip(curves, _colours(len(curves))):
-            y, s = rows["y_true"].to_numpy(int), inputs.scores(rows, task)
-            fpr, tpr = roc_curve_of(y, s)
-            ax.plot(fpr, tpr, color=colour, lw=1.6, label=f"{arm} (AUC {auc_fast(y, s):.3f}, n={len(y)})")
-        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
-        ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
-               title=f"ROC: {task}")
-        ax.legend(loc="lower right", fontsize=8)
-        how = ("positive class " + repr(info.classes[1]) if len(info.classes) == 2 else
-               "macro average of the one-vs-rest curves (TPR interpolated on a common FPR grid); "
-               "AUC = macro one-vs-rest")
-        figures.append(Figure("roc", f"ROC: {task}", f"ROC curves of {task} on the test split, seed {seed}, "
-                              f"one curve per arm; {how}.", encode(fig)))
+        level = "group" if info.evaluate_at == "group" else ""
+        figures.append(_roc_figure(inputs, task, info, curves, seed, level=level))
+        if info.evaluate_at == "group":
+            # the image-level curves beside the group (lesion) level ones, as the diagnostic studies show both
+            p = inputs.predictions
+            rows = [(a, p[(p.arm == a) & (p.seed == seed) & (p.task == task) & (p.split == "test")]) for a, _ in curves]
+            figures.append(_roc_figure(inputs, task, info, rows, seed, level="image"))
     return figures
+
+
+def _roc_figure(inputs: Inputs, task: str, info, curves: list, seed, level: str) -> Figure:
+    """One ROC figure of ``task``: a curve per (arm, rows); ``level`` names group or image scoring."""
+    from medmtl.reports._stats import auc_fast
+
+    fig = new_figure(4.6, 4.2)
+    ax = fig.add_subplot()
+    for (arm, rows), colour in zip(curves, _colours(len(curves))):
+        y, s = rows["y_true"].to_numpy(int), inputs.scores(rows, task)
+        fpr, tpr = roc_curve_of(y, s)
+        ax.plot(fpr, tpr, color=colour, lw=1.6, label=f"{arm} (AUC {auc_fast(y, s):.3f}, n={len(y)})")
+    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
+    title = f"ROC: {task}, {level} level" if level else f"ROC: {task}"
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    how = ("positive class " + repr(info.classes[1]) if len(info.classes) == 2 else
+           "macro average of the one-vs-rest curves (TPR interpolated on a common FPR grid); "
+           "AUC = macro one-vs-rest")
+    unit = {"group": "; one point per group (the mean score of its images)",
+            "image": "; one point per image (the same predictions, not grouped)"}.get(level, "")
+    return Figure("roc", title, f"ROC curves of {task} on the test split, seed {seed}, "
+                  f"one curve per arm; {how}{unit}.", encode(fig))
 
 
 # -- training curves ----------------------------------------------------------------------------

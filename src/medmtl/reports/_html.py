@@ -66,7 +66,7 @@ def comparison_table(inputs: Inputs, rows: list[dict]) -> str:
     return "".join(out)
 
 
-def render(inputs: Inputs, rows: list[dict], figures: list[Figure]) -> str:
+def render(inputs: Inputs, rows: list[dict], figures: list[Figure], sections: dict | None = None) -> str:
     """The page; every note of ``inputs`` is listed at the top and again in its section."""
     notes = {s: [m for sec, m in inputs.notes if sec == s] for s, _, _ in SECTIONS}
     general = [m for sec, m in inputs.notes if sec not in notes]
@@ -80,6 +80,15 @@ def render(inputs: Inputs, rows: list[dict], figures: list[Figure]) -> str:
     body.append(_missing(all_missing) if all_missing else "<p>Nothing is missing: every input was found.</p>")
     body.append("<h2 id=\"table\">Comparison table (test split)</h2>")
     body.append(comparison_table(inputs, rows))
+    counter = [len(figures)]
+
+    def numbered(fig):  # study figures are numbered after the standard ones
+        counter[0] += 1
+        return _figure(fig, counter[0])
+
+    from medmtl.reports import _sections
+
+    body.extend(_sections.html(sections or {}, numbered))
     for section, title, kind in SECTIONS:
         body.append(f'<h2 id="{section}">{escape(title)}</h2>')
         figs = [f for f in figures if f.kind == kind]

@@ -65,10 +65,16 @@ class Inputs:
         info = self.tasks[task]
         if info.evaluate_at != "group":
             return rows
-        if (rows.groupby("group")["y_true"].nunique() > 1).any():
-            self.note("table", f"task {task}, arm {arm}: some groups hold images of different classes; "
-                               "scored per image instead of per group")
-            return rows
+        n_labels = rows.groupby("group")["y_true"].nunique()
+        if (n_labels > 1).any():
+            # as metrics.json (medmtl.experiment.aggregate_groups): such a group has no single truth
+            mixed = list(n_labels[n_labels > 1].index)
+            shown = ", ".join(map(str, mixed[:3])) + (" ..." if len(mixed) > 3 else "")
+            note = (f"task {task}, arm {arm}, seed {seed}: {len(mixed)} groups hold images of different classes and "
+                    f"are left out of the group-level scores ({shown})")
+            if ("table", note) not in self.notes:  # called once per table cell, CI and figure
+                self.note("table", note)
+            rows = rows[~rows["group"].isin(mixed)]
         cols = [SCORE_PREFIX + c for c in info.classes]
         agg = rows.groupby("group", sort=True).agg({"y_true": "first", **{c: "mean" for c in cols}}).reset_index()
         return agg.assign(id=agg["group"], arm=arm, seed=seed, task=task, split=split)
@@ -149,9 +155,20 @@ def _read_yaml(path: Path) -> dict | None:
     return yaml.safe_load(path.read_text()) or {}
 
 
+def _read_json_or_none(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _arm_dirs(run_dir: Path, config: dict | None) -> dict[str, dict[int, Path]]:
     out: dict[str, dict[int, Path]] = {}
     arms_root = run_dir / "arms"
+    apps = sorted(p for p in (run_dir / "applications").glob("*/arms") if p.is_dir())
+    if apps and not arms_root.is_dir():
+        arms_root = apps[0]  # several applications: the model figures show the first one's arms
+    chosen = _read_json_or_none(run_dir / "cv" / "candidates.json")
+    if chosen is not None and not arms_root.is_dir():
+        # cross-validation: the model figures show the representative split's first fold
+        arms_root = run_dir / "cv" / f"candidate{chosen['chosen']}" / "fold0" / "arms"
     if arms_root.is_dir():
         for arm in sorted(p for p in arms_root.iterdir() if p.is_dir()):
             seeds = {int(m.group(1)): p for p in arm.iterdir() if (m := re.fullmatch(r"seed(\d+)", p.name))}

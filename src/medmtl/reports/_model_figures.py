@@ -77,6 +77,7 @@ def tsne_figures(ref, max_images: int, seed: int = 0) -> list[Figure]:
         raise ValueError(f"only {len(idx)} test images; t-SNE needs at least 5")
     spec_map = {s.name: s for s in specs}
     classes, domains, keys = _item_labels(dataset, spec_map, idx)
+    panels = _tsne_panels(classes, domains, spec_map)
     device = default_device()
     feats = pooled_stage_features(_trunk_for(model), dataset, idx, cfg.data.batch_size, device)
     perplexity = float(min(30.0, max(2.0, (len(idx) - 1) / 3)))
@@ -87,10 +88,9 @@ def tsne_figures(ref, max_images: int, seed: int = 0) -> list[Figure]:
         with threadpool_limits(limits=1, user_api="openmp"):
             emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(
                 StandardScaler().fit_transform(f))
-        fig = new_figure(9.4, 4.2)
-        axes = fig.subplots(1, 2)
-        panels = ((axes[0], classes, "coloured by class"), (axes[1], domains, "coloured by task/domain"))
-        for ax, labels, title in panels:
+        fig = new_figure(4.7 * len(panels), 4.2)
+        axes = fig.subplots(1, len(panels))
+        for ax, (labels, title) in zip(axes, panels):
             names = sorted(dict.fromkeys(labels), key=lambda n: keys.get(n, (0, 0)))
             arr = np.array(labels)
             for name, colour in zip(names, _colours(len(names))):
@@ -104,8 +104,36 @@ def tsne_figures(ref, max_images: int, seed: int = 0) -> list[Figure]:
             "tsne", f"t-SNE, stage {k + 1} of {len(feats)}",
             f"t-SNE of the {share} features after stage {k + 1} of {len(feats)} ({f.shape[1]} channels, global "
             f"average pooled, standardised), arm {arm} seed {run_seed}, {len(idx)} test images "
-            f"(seeded sample of {n_all}); perplexity {perplexity:.0f}, random_state {seed}.", encode(fig)))
+            f"(seeded sample of {n_all}); perplexity {perplexity:.0f}, random_state {seed}. "
+            f"Panels: {'; '.join(t for _, t in panels)}.", encode(fig)))
     return figures
+
+
+def _tsne_panels(classes: list[str], domains: list[str], specs: dict) -> list[tuple[list[str], str]]:
+    """(labels, title) per t-SNE panel: class per task, then by domain when the tasks declare one.
+
+    With several domains a middle panel pools the class names over tasks (malignant vs benign
+    whatever the domain, as Samala et al. 2017 figure 5): shared structure across domains shows
+    there, domain clusters in the last panel. Domains are the tasks' ``domain`` (else task names).
+    """
+    by_domain = all(s.domain for s in specs.values())
+    panels = [(classes, "coloured by task: class")]
+    if len(set(domains)) > 1:
+        pooled = [c.split(": ", 1)[1] if ": " in c else c for c in classes]
+        if len(set(pooled)) < len(set(classes)):
+            panels.append((pooled, "coloured by class (all domains)"))
+    panels.append((domains, "coloured by domain" if by_domain else "coloured by task/domain"))
+    return panels
+
+
+def _cam_layer(trunk) -> nn.Module:
+    """The module whose output Grad-CAM weighs: the trunk's last stage or, where ``stages()`` wraps
+    modules in a new ``nn.Sequential`` that the forward pass never calls (timm trunks: its hooks
+    would never fire and the gradients stay None), the last module inside that wrapper."""
+    stage = trunk.stages()[-1]
+    if any(m is stage for m in trunk.modules()):
+        return stage
+    return list(stage.children())[-1]
 
 
 class TaskLogits(nn.Module):
@@ -155,7 +183,7 @@ def gradcam_figures(ref, cases: int = GRADCAM_CASES, seed: int = 0) -> list[Figu
         with torch.no_grad():
             probs = TaskLogits(model, spec.name)(x).softmax(1).cpu().numpy()
         pred = probs.argmax(1)
-        target_layer = _trunk_for(model, spec.name).stages()[-1]
+        target_layer = _cam_layer(_trunk_for(model, spec.name))
         with GradCAM(model=TaskLogits(model, spec.name), target_layers=[target_layer]) as cam:
             maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in pred])
         fig = new_figure(2.2 * len(chosen), 4.6)

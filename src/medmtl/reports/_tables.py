@@ -33,7 +33,8 @@ SPLIT = "test"
 KIND_METRICS = {"binary": ["auc", "accuracy"], "multiclass": ["auc", "accuracy"], "ordinal": ["auc", "accuracy"],
                 "multilabel": ["auc"], "segmentation": ["dice", "iou"], "detection": ["box_iou", "hit_rate"]}
 # metrics a bootstrap can recompute from predictions.csv (per-image class scores)
-FROM_SCORES = ("auc", "accuracy", "balanced_accuracy", "cross_entropy")
+FROM_SCORES = ("auc", "accuracy", "balanced_accuracy", "cross_entropy", "sensitivity", "specificity")
+CI_SUFFIXES = ("_ci_low", "_ci_high")
 
 
 def summarise(inputs: Inputs, *, n_boot: int = 1000) -> list[dict]:
@@ -61,7 +62,7 @@ def summarise(inputs: Inputs, *, n_boot: int = 1000) -> list[dict]:
                      "std": float(arr.std(ddof=1)) if arr.size > 1 else math.nan,
                      "values": vals, "ref": math.nan, "ci_low": math.nan, "ci_high": math.nan,
                      "ci_method": "", "p_value": math.nan, "p_method": ""}
-                m.update(_ci(inputs, info, pred, name, delong, n_boot))
+                m.update(_ci(inputs, info, pred, name, delong, n_boot, per_seed.get(ref)))
                 row["metrics"][name] = m
             rows.append(row)
     _p_values(inputs, rows, delong, n_boot)
@@ -91,13 +92,20 @@ def _seed_metrics(inputs: Inputs, arm: str, task: str) -> dict[int, dict[str, fl
 
 
 def _metric_order(info, per_seed: dict) -> list[str]:
-    present = list(dict.fromkeys(k for v in per_seed.values() for k in v))
+    # <metric>_ci_low/_ci_high are the bounds metrics.json stores for segmentation/detection metrics
+    present = list(dict.fromkeys(k for v in per_seed.values() for k in v if not k.endswith(CI_SUFFIXES)))
     first = [m for m in [info.metric, *KIND_METRICS.get(info.kind, [])] if m in present]
     return list(dict.fromkeys(first + present))
 
 
-def _ci(inputs: Inputs, info, pred, name: str, delong: bool, n_boot: int) -> dict:
+def _ci(inputs: Inputs, info, pred, name: str, delong: bool, n_boot: int, ref_values: dict | None = None) -> dict:
     if info.kind not in CLASSIFICATION:
+        ref_values = ref_values or {}
+        if f"{name}_ci_low" in ref_values:
+            return {"ref": ref_values.get(name, math.nan), "ci_low": ref_values[f"{name}_ci_low"],
+                    "ci_high": ref_values[f"{name}_ci_high"],
+                    "ci_method": f"bootstrap of the per-image mean over groups (metrics.json), "
+                                 f"seed {inputs.reference_seed}"}
         return {"ci_method": f"none: {info.kind} tasks have no per-image scores in predictions.csv"}
     if name not in FROM_SCORES:
         return {"ci_method": f"none: {name} cannot be recomputed from class scores"}
@@ -229,20 +237,26 @@ def _json_safe(obj):
     return obj
 
 
-def write_tables(inputs: Inputs, rows: list[dict], out_dir: Path) -> dict[str, Path]:
-    """results.json, results.csv and results.md in ``out_dir``."""
+def write_tables(inputs: Inputs, rows: list[dict], out_dir: Path, sections: dict | None = None) -> dict[str, Path]:
+    """results.json, results.csv and results.md in ``out_dir`` (with the study ``sections``)."""
+    from medmtl.reports import _sections
+
+    sections = sections or {}
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {k: out_dir / f"results.{k}" for k in ("json", "csv", "md")}
     doc = {"run_dir": str(inputs.run_dir), "split": SPLIT, "arms": inputs.arms, "baseline_arm": inputs.arms[0],
            "seeds": inputs.seeds, "reference_seed": inputs.reference_seed, "ci_level": 1 - _stats.ALPHA,
-           "rows": rows, "notes": [f"{s}: {m}" for s, m in inputs.notes], "method": __doc__}
+           "rows": rows, "notes": [f"{s}: {m}" for s, m in inputs.notes], "method": __doc__,
+           "sections": _sections.json_data(sections)}
     paths["json"].write_text(json.dumps(_json_safe(doc), indent=2))
     to_frame(rows).to_csv(paths["csv"], index=False)
-    paths["md"].write_text(markdown(inputs, rows))
+    paths["md"].write_text(markdown(inputs, rows, sections))
     return paths
 
 
-def markdown(inputs: Inputs, rows: list[dict]) -> str:
+def markdown(inputs: Inputs, rows: list[dict], sections: dict | None = None) -> str:
+    from medmtl.reports import _sections
+
     names = metric_names(rows)
     lines = [f"# Results: {inputs.run_dir.name}", "",
              (f"Test split. Cells: mean ± std over seeds · seed-{inputs.reference_seed} value [95% CI] "
@@ -255,6 +269,7 @@ def markdown(inputs: Inputs, rows: list[dict]) -> str:
         seeds = f"{r['n_seeds']} ({', '.join(map(str, r['seeds']))})"
         lines.append(f"| {r['arm']} | {r['task']} | " + " | ".join(cells) +
                      f" | {format_p(r['metrics'].get('auc'))} | {seeds} |")
+    lines += _sections.markdown(sections or {})
     lines += ["", "## Methods", "", *[f"- {m}" for m in method_lines(rows)]]
     if inputs.notes:
         lines += ["", "## Missing or skipped", "", *[f"- {s}: {m}" for s, m in inputs.notes]]

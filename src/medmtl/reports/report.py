@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from medmtl.errors import MedmtlError
-from medmtl.reports import _figures, _html, _tables
+from medmtl.reports import _figures, _html, _sections, _tables
 from medmtl.reports._layout import model_run, read_inputs
 
 log = logging.getLogger("medmtl.reports")
@@ -51,11 +51,12 @@ def write_report(run_dir: str | Path, *, tsne: bool = True, gradcam: bool = True
     rows = _tables.summarise(inputs, n_boot=n_boot)
     figures = _figures.roc_figures(inputs) + _figures.curve_figures(inputs) + _figures.confusion_figures(inputs)
     figures += _model_figures(inputs, tsne, gradcam, max_images)
+    sections = _sections.build_sections(inputs)
     # the tables come after the figures so that their notes list every missing input too
-    _tables.write_tables(inputs, rows, out_dir)
+    _tables.write_tables(inputs, rows, out_dir, sections)
     path = out_dir / "report.html"
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(_html.render(inputs, rows, figures), encoding="utf-8")
+    tmp.write_text(_html.render(inputs, rows, figures, sections), encoding="utf-8")
     tmp.replace(path)
     log.info("report written to %s in %.1f s", path, time.perf_counter() - start)
     return path

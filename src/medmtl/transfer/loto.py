@@ -4,6 +4,11 @@ Selecting pre-training hyper-parameters on the task one transfers to would leak 
 choice; LOTO instead scores every combination on tasks the model never saw and picks, for a
 target, the combination that ranks best on the *other* tasks. Trials are resumable: a trial
 with a ``result.json`` is never trained again.
+
+Written under ``run_dir/loto/``: ``scores.csv`` (validation AUC per task, combination, seed),
+``ranks.csv``/``rank_table.csv`` (ranks, mean ranks), ``predictions.csv`` and ``summary.json``; the
+LOTO arms (``loto_feature_extraction``, ``loto_finetune``, ``loto_joint``) are also added to
+``results/`` for the report. With ``artifact``: ``run_dir/artifacts/pool_trunk.pt`` and its model card.
 """
 from __future__ import annotations
 
@@ -34,6 +39,17 @@ def left_out_groups(pool: list[str], related: list[list[str]]) -> list[list[str]
     return groups + [[t] for t in pool if t not in seen]
 
 
+def target_groups(groups: list[list[str]], targets: list[str] | None) -> list[list[str]]:
+    """The left-out groups holding a target (a group is left out whole); every group when ``None``."""
+    if targets is None:
+        return groups
+    pool = [t for g in groups for t in g]
+    unknown = sorted(set(targets) - set(pool))
+    if unknown:
+        raise ConfigError(f"loto.targets: {unknown} are not in loto.pool {pool}")
+    return [g for g in groups if set(g) & set(targets)]
+
+
 def combinations(grid: dict[str, list]) -> list[dict]:
     keys = sorted(grid)
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] or [{}]
@@ -51,6 +67,18 @@ def rank_table(scores: pd.DataFrame) -> pd.DataFrame:
     return mean.rank(ascending=False, method="average")
 
 
+def rank_summary(ranks: pd.DataFrame) -> pd.DataFrame:
+    """The rank table of the report: each task's rank of each combination, the mean rank over every
+    task (``mean_rank``; the pool trunk's choice) and over all tasks but one (``mean_rank_without_<t>``,
+    the choice for target ``t``), sorted by ``mean_rank``."""
+    out = ranks.copy()
+    out["mean_rank"] = ranks.mean(axis=1)
+    if ranks.shape[1] > 1:
+        for t in ranks.columns:
+            out[f"mean_rank_without_{t}"] = ranks.drop(columns=[t]).mean(axis=1)
+    return out.sort_values("mean_rank", kind="stable")
+
+
 def choose(ranks: pd.DataFrame, target: str) -> str:
     """The combination with the best average rank over every task except ``target``."""
     others = [t for t in ranks.columns if t != target]
@@ -65,6 +93,82 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def loto_trial(cfg, data, group: list[str], combo: dict, seed: int, trial: Path) -> dict:
+    """One LOTO trial: a multi-task model on the pool without ``group``, scored on each task of
+    ``group`` by a linear SVM on its frozen trunk (validation AUC). A finished trial is read back."""
+    from medmtl.config.schema import ArmConfig
+    from medmtl.metrics import auc
+    from medmtl.transfer.strategies import ArmContext, _train, svm_transfer
+
+    result_file = trial / "result.json"
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    lc = cfg.loto
+    arm = ArmConfig(name="loto", strategy="joint", svm_c=lc.svm_c, lrs=lc.lrs)
+    ctx = ArmContext(cfg, arm, data, seed, trial / "model")
+    model_dir, _ = _train(ctx, [t for t in lc.pool if t not in group], trial / "model", extra=combo)
+    result = {"model": str(model_dir), "auc": {}}
+    for task in group:
+        scores, _, _ = svm_transfer(ctx, task, str(model_dir / "checkpoints" / "best.ckpt"), splits=("val",))
+        d = scores["val"][task]
+        result["auc"][task] = auc(d["y"], d["p"])
+    trial.mkdir(parents=True, exist_ok=True)
+    _write_json(result_file, result)
+    return result
+
+
+_DATA: dict[str, object] = {}   # prepared data per config, kept per grid worker process
+
+
+def run_loto_trial(params: dict, trial_dir: Path) -> dict:
+    """A LOTO trial as a grid trial (a top-level function, so Ray can ship it to a worker)."""
+    from medmtl.config import parse_config
+
+    key = json.dumps(params["config"], sort_keys=True)
+    cfg = parse_config(params["config"], "LOTO trial")
+    if key not in _DATA:
+        from medmtl.data.pipeline import prepare
+
+        _DATA.clear()
+        _DATA[key] = prepare(cfg, progress=False)
+    return loto_trial(cfg, _DATA[key], params["group"], params["combo"], params["seed"], Path(params["trial"]))
+
+
+def _run_trials_on_grid(cfg, out: Path, groups, combos) -> None:
+    """With ``medmtl run --workers N`` / ``--ray-address``: every unfinished LOTO trial (left-out
+    group x combination x seed) as one grid trial first; the protocol then reads their results."""
+    from medmtl.experiment import _EXECUTION
+
+    workers, address = _EXECUTION["workers"], _EXECUTION["ray_address"]
+    if workers == 1 and not address:
+        return
+    from medmtl.errors import MedmtlError
+    from medmtl.grid import run_grid
+    from medmtl.grid._expand import Trial
+
+    base, out = cfg.model_dump(mode="json"), Path(out).resolve()
+    trials = []
+    for group in groups:
+        for cid, combo in combos.items():
+            for seed in cfg.loto.seeds:
+                trial = out / "trials" / "+".join(group) / cid / f"seed{seed}"
+                if (trial / "result.json").is_file():
+                    continue
+                name = f"{'+'.join(group)}/{cid}/seed{seed}"
+                trials.append(Trial(hashlib.sha1(name.encode()).hexdigest()[:12], name, {"trial": name},
+                                    {"config": base, "group": group, "combo": combo, "seed": seed,
+                                     "trial": str(trial)}))
+    if not trials:
+        return
+    cpus = max(1, (os.cpu_count() or 1) // workers) if address is None else 1
+    records = run_grid(trials, run_loto_trial, out / "grid", workers=workers, ray_address=address,
+                       cpus_per_trial=cpus, progress=False)
+    failed = [r for r in records if r["status"] == "failed"]
+    if failed:
+        raise MedmtlError(f"{len(failed)} LOTO trial(s) failed: " + "; ".join(
+            f"{r['name']} (see {r['trial_dir']}/error.txt)" for r in failed) + ". Run again to retry them.")
+
+
 def run_loto(cfg, data, run_dir: Path) -> dict:
     """Run the LOTO protocol of ``cfg.loto``; writes ``run_dir/loto/`` and returns the summary."""
     from medmtl.config.schema import ArmConfig
@@ -76,31 +180,16 @@ def run_loto(cfg, data, run_dir: Path) -> dict:
     if unknown:
         raise ConfigError(f"loto.pool: {unknown} are not declared tasks")
     out = Path(run_dir) / "loto"
-    groups = left_out_groups(lc.pool, lc.related)
+    groups = target_groups(left_out_groups(lc.pool, lc.related), lc.targets)
     combos = {combo_id(c): c for c in combinations(lc.grid)}
     arm = ArmConfig(name="loto", strategy="joint", svm_c=lc.svm_c, lrs=lc.lrs)
+    _run_trials_on_grid(cfg, out, groups, combos)
     rows, models = [], {}
     for group in groups:
-        rest = [t for t in lc.pool if t not in group]
         for cid, combo in combos.items():
             for seed in lc.seeds:
                 trial = out / "trials" / "+".join(group) / cid / f"seed{seed}"
-                ctx = ArmContext(cfg, arm, data, seed, trial / "model")
-                result_file = trial / "result.json"
-                if result_file.is_file():
-                    result = json.loads(result_file.read_text())
-                else:
-                    model_dir, _ = _train(ctx, rest, trial / "model", extra=combo)
-                    result = {"model": str(model_dir), "auc": {}}
-                    for task in group:
-                        scores, _, _ = svm_transfer(ctx, task, str(model_dir / "checkpoints" / "best.ckpt"),
-                                                    splits=("val",))
-                        d = scores["val"][task]
-                        from medmtl.metrics import auc
-
-                        result["auc"][task] = auc(d["y"], d["p"])
-                    trial.mkdir(parents=True, exist_ok=True)
-                    _write_json(result_file, result)
+                result = loto_trial(cfg, data, group, combo, seed, trial)
                 models[("+".join(group), cid, seed)] = result["model"]
                 rows += [{"task": t, "combo": cid, "seed": seed, "auc": a} for t, a in result["auc"].items()]
     scores = pd.DataFrame(rows)
@@ -135,6 +224,14 @@ def run_loto(cfg, data, run_dir: Path) -> dict:
                         preds.append(_score_run(best, data, cfg, [target], split, False, "loto_finetune", seed))
                 done.parent.mkdir(parents=True, exist_ok=True)
                 pd.concat(preds[n_before:], ignore_index=True).to_csv(done, index=False)
+    if lc.joint or lc.artifact:
+        targets = [t for g in groups for t in g] if lc.joint else []
+        trials, pool_rows = _pool_models(cfg, data, out, combos if lc.joint else {_best_overall(ranks): None},
+                                         arm, targets)
+        if lc.joint:
+            preds.append(_joint_rows(pool_rows, data, targets, summary))
+        if lc.artifact:
+            summary["artifact"] = save_pool_artifact(cfg, data, ranks, combos, trials, run_dir)
     pred = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame()
     out.mkdir(parents=True, exist_ok=True)
     pred.to_csv(out / "predictions.csv", index=False)
@@ -143,8 +240,157 @@ def run_loto(cfg, data, run_dir: Path) -> dict:
     summary["metrics"] = metrics_of(pred, data) if len(pred) else {}
     scores.to_csv(out / "scores.csv", index=False)
     ranks.to_csv(out / "ranks.csv")
+    rank_summary(ranks).to_csv(out / "rank_table.csv")
     _write_json(out / "summary.json", summary)
+    if len(pred):
+        _publish(cfg, run_dir, pred, summary["metrics"])
     return summary
+
+
+POOL = "_pool"   # trials on the whole pool: the joint arm and the pool trunk
+
+
+def _best_overall(ranks: pd.DataFrame) -> str:
+    return str(ranks.mean(axis=1).idxmin())
+
+
+def _pool_models(cfg, data, out: Path, combos: dict, arm, targets: list[str]) -> tuple[list[dict], pd.DataFrame]:
+    """Train (or reuse) one model on the whole pool per combination and seed, and score ``targets``
+    on their validation and test splits (whole, as every arm); a finished trial is only read back.
+    Returns the trials ({combo, seed, model}) and the prediction rows (with ``combo``)."""
+    from medmtl.experiment import _score_run
+    from medmtl.transfer.strategies import ArmContext, _train
+
+    lc, trials, frames = cfg.loto, [], []
+    every = combinations(lc.grid)
+    for cid in combos:
+        combo = next(c for c in every if combo_id(c) == cid)
+        for seed in lc.seeds:
+            trial = out / "trials" / POOL / cid / f"seed{seed}"
+            model_dir, done, scored = trial / "model", trial / "result.json", trial / "predictions.csv"
+            if not done.is_file():
+                _train(ArmContext(cfg, arm, data, seed, model_dir), list(lc.pool), model_dir, extra=combo)
+                _write_json(done, {"model": str(model_dir), "combo": cid, "seed": seed})
+            rows = pd.read_csv(scored, dtype={"id": str, "group": str}) if scored.is_file() else pd.DataFrame()
+            missing = [t for t in targets if not len(rows) or t not in set(rows["task"])]
+            if missing:    # joint turned on, or more targets, after the trial was trained
+                new = [_score_run(model_dir, data, cfg, [t], split, False, "loto_joint", seed)
+                       for t in missing for split in ("val", "test")]
+                rows = pd.concat([rows, *(r.assign(combo=cid) for r in new)], ignore_index=True)
+                rows.to_csv(scored, index=False)
+            trials.append({"combo": cid, "seed": seed, "model": str(model_dir)})
+            frames.append(rows)
+    return trials, pd.concat(frames, ignore_index=True)
+
+
+def _joint_rows(pool_rows: pd.DataFrame, data, targets: list[str], summary: dict) -> pd.DataFrame:
+    """Joint training (the paper's 'joint'): for each target, the whole-pool combination with the best
+    validation metric of that target (mean over seeds); its validation and test rows."""
+    from medmtl.experiment import metrics_of
+
+    keep = []
+    for target in targets:
+        metric = data.tasks[target].metric
+        val = {}
+        for cid, rows in pool_rows[(pool_rows.task == target) & (pool_rows.split == "val")].groupby("combo"):
+            per_seed = metrics_of(rows.drop(columns=["combo"]), data)["loto_joint"]
+            val[cid] = float(np.nanmean([m[target]["val"][metric] for m in per_seed.values()]))
+        chosen = max(val, key=lambda c: (np.nan_to_num(val[c], nan=-np.inf), c))
+        summary["targets"].setdefault(target, {})["joint_combination"] = chosen
+        keep.append(pool_rows[(pool_rows.task == target) & (pool_rows.combo == chosen)])
+    return pd.concat(keep, ignore_index=True).drop(columns=["combo"])
+
+
+def save_pool_artifact(cfg, data, ranks: pd.DataFrame, combos: dict, trials: list[dict], run_dir: Path) -> dict:
+    """Save the whole-pool trunk of the combination with the best mean rank over every left-out task
+    (first seed) as ``artifacts/pool_trunk.pt`` (:func:`save_trunk` format, weights only) with
+    ``model_card.json`` and ``model_card.md``; returns the card."""
+    import datetime
+
+    import medmtl
+    from medmtl.data.readers._base import default_data_root
+    from medmtl.engine.predict import load_run
+    from medmtl.models.trunks import save_trunk
+
+    lc = cfg.loto
+    cid, seed = _best_overall(ranks), lc.seeds[0]
+    model_dir = Path(next(t["model"] for t in trials if t["combo"] == cid and t["seed"] == seed))
+    _, model, _ = load_run(model_dir)
+    art = Path(run_dir) / "artifacts"
+    art.mkdir(parents=True, exist_ok=True)
+    path = art / "pool_trunk.pt"
+    save_trunk(model.trunk, path)
+    # the validation metrics of the kept epoch, on the validation images training used (data.limit_eval)
+    val = json.loads((model_dir / "metrics.json").read_text())["val"]
+    tasks = []
+    for name in lc.pool:
+        t, spec = cfg.task(name), data.tasks[name]
+        reader = t.reader.model_dump(mode="json")
+        tasks.append({"name": name, "kind": t.kind, "classes": list(spec.classes or []), "domain": t.domain,
+                      "reader": reader, "split": t.split.method,
+                      "images": {s: int(len(data.rows(name, s))) for s in ("train", "val", "test")},
+                      "removed_by_leakage_guard": {k: int(v) for k, v in
+                                                   data.leakage.get("excluded", {}).get(name, {}).items()},
+                      "val_metrics": {k: float(v) for k, v in val.get(name, {}).items()}})
+    ranked = ranks.mean(axis=1)
+    card = {
+        "name": f"{cfg.name} pool trunk", "file": path.name, "trunk": cfg.model.trunk.name,
+        "trunk_kwargs": cfg.model.trunk.kwargs, "in_chans": cfg.model.trunk.in_chans,
+        "initialised_from": cfg.model.trunk.pretrained, "input_size": cfg.data.size,
+        "combination": combos[cid], "combination_id": cid, "seed": seed,
+        "mean_rank": float(ranked[cid]), "ranked_on": list(ranks.columns), "n_combinations": len(ranked),
+        "tasks": tasks, "val_metrics_on": f"the validation images of training (data.limit_eval={cfg.data.limit_eval})",
+        "data_root": str(default_data_root().resolve()), "model_run": str(model_dir),
+        "settings": {"data": cfg.data.model_dump(mode="json"), "train": cfg.train.model_dump(mode="json"),
+                     "leakage": cfg.leakage.model_dump(mode="json")},
+        "medmtl_version": medmtl.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "usage": f"model: {{trunk: {{name: {cfg.model.trunk.name}, pretrained: {path}}}}}",
+    }
+    _write_json(art / "model_card.json", card)
+    (art / "model_card.md").write_text(_card_markdown(card), encoding="utf-8")
+    log.info("pool trunk (combination %s, seed %d) saved to %s", cid, seed, path)
+    return card
+
+
+def _card_markdown(card: dict) -> str:
+    lines = [f"# {card['name']}", "",
+             f"A `{card['trunk']}` trunk (input {card['input_size']} px, {card['in_chans']} channels) trained "
+             f"by multi-task learning on {len(card['tasks'])} tasks with linear heads (Mormont et al. 2020), "
+             f"started from `{card['initialised_from']}`. medmtl {card['medmtl_version']}, {card['date']}.", "",
+             f"Use: `{card['usage']}`", "",
+             f"Hyper-parameters: combination `{card['combination_id']}` {card['combination']} (seed {card['seed']}), "
+             f"mean rank {card['mean_rank']:.2f} of {card['n_combinations']} on the left-out tasks "
+             f"{card['ranked_on']}.", "", f"Data root: `{card['data_root']}`.", "",
+             "| task | kind | domain | train | val | test | removed (leakage) | validation |",
+             "|---|---|---|---|---|---|---|---|"]
+    for t in card["tasks"]:
+        removed = ", ".join(f"{n} from {k}" for k, n in t["removed_by_leakage_guard"].items()) or "0"
+        score = ", ".join(f"{k} {v:.3f}" for k, v in t["val_metrics"].items() if k in ("auc", "accuracy"))
+        lines.append(f"| {t['name']} | {t['kind']} | {t['domain']} | {t['images']['train']} | {t['images']['val']} "
+                     f"| {t['images']['test']} | {removed} | {score} |")
+    return "\n".join(lines) + "\n"
+
+
+def _publish(cfg, run_dir: Path, pred: pd.DataFrame, metrics: dict) -> None:
+    """Add the LOTO arms to ``results/`` (predictions and metrics) so that the report's table, its
+    figures and the reference values see them beside the experiment's arms; idempotent."""
+    results = Path(run_dir) / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    pred_path, metrics_path = results / "predictions.csv", results / "metrics.json"
+    pred = pred.copy()
+    old = pd.read_csv(pred_path, dtype={"id": str, "group": str}) if pred_path.is_file() else pd.DataFrame()
+    if "application" in old.columns:
+        # the application whose main task is the target, so that per-application views line up
+        apps = {a.main_task: name for name, a in (cfg.experiment.applications if cfg.experiment else {}).items()}
+        pred["application"] = pred["task"].map(lambda t: apps.get(t, t))
+    if len(old):
+        old = old[~old["arm"].astype(str).str.startswith("loto_")]
+    pd.concat([old, pred], ignore_index=True).to_csv(pred_path, index=False)
+    merged = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    merged = {a: v for a, v in merged.items() if not a.startswith("loto_")}
+    merged.update(metrics)
+    _write_json(metrics_path, merged)
 
 
 def _target_exp(cfg, target):

@@ -88,8 +88,12 @@ def _arm_pretrained(ctx):
 
 @STRATEGIES.register("stl", trains=True)
 def stl(ctx: ArmContext) -> ArmOutcome:
-    """Single-task learning: the main task alone, from random init (RI) or pretrained (TL)."""
-    run, _ = _train(ctx, [_main(ctx)], ctx.run_dir, pretrained=_arm_pretrained(ctx))
+    """Single-task learning: one task alone (the main task, or the arm's single ``tasks`` entry,
+    e.g. segmentation next to a classification main task), from random init (RI) or pretrained (TL)."""
+    tasks = ctx.arm.tasks or [_main(ctx)]
+    if len(tasks) != 1:
+        raise ConfigError(f"experiment arm {ctx.arm.name!r}: strategy 'stl' trains one task; got tasks {tasks}")
+    run, _ = _train(ctx, tasks, ctx.run_dir, pretrained=_arm_pretrained(ctx))
     return ArmOutcome({"": run})
 
 
@@ -184,11 +188,14 @@ def svm_transfer(ctx: ArmContext, task: str, pretrained, splits=("val", "test"))
     for split in ("train", *splits):
         ds = MultiTaskDataset(ctx.data, split, [task], preset=cfg.data.augmentation, train=False,
                               size=cfg.data.size, in_chans=cfg.model.trunk.in_chans)
-        # the same per-task limits as training (quick runs), seeded the same way; the test set is
-        # always scored whole, as for every other arm
-        if split != "test":
-            limit = cfg.data.limit_train if split == "train" else cfg.data.limit_eval
-            ds = _limit(ds, limit, cfg.seed + (0 if split == "train" else 1))
+        # training: the same per-task limit as training runs, seeded the same way; val/test: the
+        # scoring subset every other arm is scored on (the whole split unless limited)
+        if split == "train":
+            ds = _limit(ds, cfg.data.limit_train, cfg.seed)
+        else:
+            from medmtl.engine.loop import scoring_subset
+
+            ds = scoring_subset(ds, cfg, split)
         sets[split] = ds
         feats[split] = _features(trunk, ds)
     clf, c = _fit_svm(feats["train"], ctx.data, sets["train"], task, ctx.arm.svm_c, ctx.seed)

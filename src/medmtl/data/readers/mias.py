@@ -1,7 +1,10 @@
 """mini-MIAS mammograms (Suckling et al. 1994) from the database's own ``Info.txt``.
 
-Per film: ``severity`` (normal/benign/malignant; malignant if any lesion row is), ``tissue``
+Per film: ``severity`` (normal/benign/malignant; malignant if any lesion row is), ``malignant``
+(no/yes: the same severity collapsed to "malignant vs not", normal and benign films being "no"), ``tissue``
 (F/G/D), ``abnormality`` (class of the first lesion row, NORM for normal films) and lesion boxes.
+With ``crop: lesion`` the records are lesions instead: one square region around each lesion
+circle that has coordinates, labelled from its own row (mdb144 gives one benign and one malignant).
 Info.txt gives lesion centres in the original 1024-pixel frame with the origin at the BOTTOM-left,
 so row = 1024 - y, and everything is scaled to the stored image's real size. Consecutive films
 (mdb001/mdb002, ...) are the left and right breast of one patient: they form one group.
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from medmtl.data.readers._base import READERS, DirPath, Reader
 from medmtl.data.records import FileSource, ReadResult, Record, Skipped, TargetInfo
@@ -22,6 +26,7 @@ _ROW = re.compile(r"^(mdb\d{3})\s+([FGD])\s+([A-Z]{4})(.*)$")
 ABNORMALITIES = ("ARCH", "ASYM", "CALC", "CIRC", "MISC", "NORM", "SPIC")
 TISSUES = ("F", "G", "D")
 SEVERITIES = ("normal", "benign", "malignant")
+MALIGNANT = ("no", "yes")   # "yes" second: a binary task's positive class is index 1
 ORIGINAL_SIZE = 1024
 
 
@@ -58,18 +63,43 @@ def lesion_box(x: float, y: float, r: float, width: int, height: int) -> np.ndar
     return np.clip(box, 0, [width, height, width, height]).astype(np.float32)
 
 
-@READERS.register("mias", targets=("severity", "tissue", "abnormality", "box"))
+def lesion_crop(x: float, y: float, r: float, width: int, height: int, margin: float,
+                min_size: int) -> tuple[int, int, int, int]:
+    """Square integer region (x0, y0, x1, y1) centred on the circle (x, y, r) of the 1024 bottom-left
+    frame, in the stored image's pixels: side ``2 r (1 + margin)`` scaled, at least ``min_size``.
+
+    It is not clipped: :class:`FileSource` zero-pads what lies past the border, so the lesion
+    stays in the centre (resizing a clipped, non-square region would also distort it).
+    """
+    sx, sy = width / ORIGINAL_SIZE, height / ORIGINAL_SIZE
+    cx, cy = x * sx, (ORIGINAL_SIZE - y) * sy  # the frame rule of lesion_box: row = 1024 - y
+    side = max(int(min_size), int(round(2 * r * (1 + margin) * max(sx, sy))))
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    return left, top, left + side, top + side
+
+
+@READERS.register("mias", targets=("severity", "malignant", "tissue", "abnormality", "box"))
 class MIASReader(Reader):
-    """mini-MIAS: targets ``severity``, ``tissue``, ``abnormality`` and ``box``.
+    """mini-MIAS: targets ``severity``, ``malignant`` (no/yes), ``tissue``, ``abnormality`` and ``box``.
 
     Args:
         root: the folder with ``Info.txt`` and ``mdbNNN.pgm``.
         info: the label table's file name.
+        crop: ``film`` (one record per film) or ``lesion``: one record per lesion row with
+            coordinates, the square region around its circle (ids ``mdbNNN/lineL``, grouped by
+            film pair; severity benign/malignant of that row; no ``box`` target). Lesion rows
+            without coordinates (NOTE 3) are skipped and listed; normal films give no record.
+        margin: lesion crops: side = circle diameter x (1 + margin).
+        min_size: lesion crops: smallest side in stored-image pixels (small calcification
+            circles would otherwise give a few pixels of context).
     """
 
     name: Literal["mias"] = "mias"
     root: DirPath
     info: str = "Info.txt"
+    crop: Literal["film", "lesion"] = "film"
+    margin: float = Field(0.5, ge=0.0)
+    min_size: int = Field(32, ge=4)
 
     def read(self) -> ReadResult:
         from PIL import Image
@@ -90,22 +120,49 @@ class MIASReader(Reader):
             except Exception as exc:  # a corrupt header: counted and listed, the run goes on
                 skipped.append(Skipped(str(path), f"unreadable image: {exc}"))
                 continue
-            records.append(self._record(film, path, rows, width, height))
+            if self.crop == "lesion":
+                records += self._lesions(film, path, rows, width, height, skipped)
+            else:
+                records.append(self._record(film, path, rows, width, height))
+        if self.crop == "lesion":
+            targets = {"severity": TargetInfo("multiclass", SEVERITIES[1:]),
+                       "malignant": TargetInfo("binary", MALIGNANT), "tissue": TargetInfo("multiclass", TISSUES),
+                       "abnormality": TargetInfo("multiclass", ABNORMALITIES)}
+            return ReadResult(records, targets, skipped)
         targets = {
             "severity": TargetInfo("multiclass", SEVERITIES),
+            "malignant": TargetInfo("binary", MALIGNANT),
             "tissue": TargetInfo("multiclass", TISSUES),
             "abnormality": TargetInfo("multiclass", ABNORMALITIES),
             "box": TargetInfo("detection"),
         }
         return ReadResult(records, targets, skipped)
 
+    def _lesions(self, film, path, rows, width, height, skipped: list) -> list[Record]:
+        """One cropped record per lesion row with coordinates; the others go to ``skipped``."""
+        out = []
+        for r in rows:
+            where = f"{self.info} line {r['line']}"
+            if r["abnormality"] == "NORM":
+                continue  # a normal film has no lesion: nothing to crop, nothing left out
+            if r["x"] is None:
+                skipped.append(Skipped(str(path), f"{where}: lesion without coordinates (NOTE 3), cannot be cropped"))
+                continue
+            box = lesion_crop(r["x"], r["y"], r["radius"], width, height, self.margin, self.min_size)
+            malignant = r["severity"] == "M"
+            labels = {"severity": "malignant" if malignant else "benign", "malignant": "yes" if malignant else "no",
+                      "tissue": r["tissue"], "abnormality": r["abnormality"]}
+            out.append(Record(id=f"{film}/line{r['line']}", source=FileSource(path, crop=box), group=_pair(film),
+                              labels=labels))
+        return out
+
     @staticmethod
     def _record(film, path, rows, width, height) -> Record:
         sev = {r["severity"] for r in rows}
         severity = "malignant" if "M" in sev else "benign" if "B" in sev else "normal"
-        number = int(film[3:])
-        pair = f"pair{(number + 1) // 2:03d}"  # films 2k-1 and 2k are one patient's breasts
-        labels = {"severity": severity, "tissue": rows[0]["tissue"], "abnormality": rows[0]["abnormality"]}
+        pair = _pair(film)
+        labels = {"severity": severity, "malignant": "yes" if severity == "malignant" else "no",
+                  "tissue": rows[0]["tissue"], "abnormality": rows[0]["abnormality"]}
         located = [r for r in rows if r["x"] is not None]
         boxes = None
         if severity == "normal":
@@ -116,3 +173,8 @@ class MIASReader(Reader):
         if boxes is not None:
             labels["box"] = True
         return Record(id=film, source=FileSource(path), group=pair, labels=labels, boxes=boxes)
+
+
+def _pair(film: str) -> str:
+    """Films 2k-1 and 2k are one patient's left and right breasts: one group."""
+    return f"pair{(int(film[3:]) + 1) // 2:03d}"

@@ -47,6 +47,17 @@ class _Decoder(nn.Module):
         return F.interpolate(self.logits(x), size=image_size, mode="bilinear", align_corners=False)
 
 
+def decoder_widths(feature_info: list[dict], decoder_channels=None) -> tuple[int, ...]:
+    """Channels of each decoder step, deepest first: ``decoder_channels`` or the skips' own widths."""
+    n_skips = len(feature_info) - 1
+    chans = tuple(decoder_channels) if decoder_channels is not None else \
+        tuple(f["num_chs"] for f in feature_info[:-1][::-1])
+    if len(chans) != n_skips:
+        raise ValueError(f"decoder_channels={decoder_channels!r} needs one entry per skip stage "
+                         f"({n_skips} for a trunk with {len(feature_info)} stages)")
+    return chans
+
+
 @HEADS.register("segmentation", task_types=frozenset({"segmentation"}), needs_pyramid=True, multi_task=False)
 class SegmentationHead(Head):
     """U-Net style decoder: from the deepest trunk map up through every shallower stage.
@@ -78,12 +89,7 @@ class SegmentationHead(Head):
         super().__init__(tasks, in_features, feature_info)
         self.decoder_channels = decoder_channels
         tasks = check_head_tasks("segmentation", tasks)
-        n_skips = len(feature_info) - 1
-        chans = tuple(decoder_channels) if decoder_channels is not None else \
-            tuple(f["num_chs"] for f in feature_info[:-1][::-1])
-        if len(chans) != n_skips:
-            raise ValueError(f"decoder_channels={decoder_channels!r} needs one entry per skip stage "
-                             f"({n_skips} for a trunk with {len(feature_info)} stages)")
+        chans = decoder_widths(feature_info, decoder_channels)
         self.decoder = nn.ModuleDict({t.name: _Decoder(feature_info, chans) for t in tasks})
 
     def forward(self, feats: Features) -> dict[str, torch.Tensor]:
