@@ -249,3 +249,32 @@ def test_a_busi_batch_gives_finite_per_sample_losses(shared_data):
         assert torch.isfinite(losses[t]).all() and (losses[t] >= 0).all()
     sum(v.mean() for v in losses.values()).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_scores_of_a_shared_head_keep_only_each_tasks_labelled_rows():
+    """A head serving several tasks runs on every row any of them labels; validation and test
+    scores of one task must still hold only the rows that task labels (never a missing label)."""
+    from medmtl.config.schema import HeadConfig
+    from medmtl.engine.validate import predict_split
+    from medmtl.evaluation.predictions import split_scores
+
+    tasks = [spec("main", "binary"), spec("aux", "multiclass", 3, role="auxiliary")]
+    model = make_model(tasks, head_cfg={"fang": HeadConfig(name="aux_conditioned", tasks=["main", "aux"])})
+    batch = {"image": torch.randn(6, 3, 32, 32), "index": torch.arange(6),
+             "label_mask": {"main": mask(1, 0, 1, 0, 1, 0), "aux": mask(1, 1, 1, 1, 1, 1)},
+             "labels": {"main": torch.tensor([0, -1, 1, -1, 0, -1]), "aux": torch.tensor([0, 1, 2, 0, 1, 2])}}
+    out = predict_split(model, [batch], {t.name: t for t in tasks}, "cpu")
+    assert out["main"]["index"].tolist() == [0, 2, 4] and out["main"]["y"].tolist() == [0, 1, 0]
+    assert out["aux"]["index"].tolist() == list(range(6))
+
+    class OneBatch(torch.utils.data.Dataset):   # split_scores builds its own loader
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return {"image": batch["image"][i], "index": i,
+                    "label_mask": {t: bool(m[i]) for t, m in batch["label_mask"].items()},
+                    "labels": {t: int(v[i]) for t, v in batch["labels"].items()}}
+
+    scores = split_scores(model, OneBatch(), ["main"], {t.name: t for t in tasks})
+    assert scores["main"]["item"].tolist() == [0, 2, 4] and (scores["main"]["y"] >= 0).all()

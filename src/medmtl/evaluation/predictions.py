@@ -55,9 +55,11 @@ def split_scores(model, dataset, tasks: list[str], specs: dict, *, tta: bool = F
                     _add_dense(dense, task, specs[task].kind, output, rows, batch)
         for task, total in summed.items():
             rows = rows_of[task]
-            out[task]["p"].append((total / len(views)).numpy())
-            out[task]["y"].append(batch["labels"][task][rows].numpy())
-            out[task]["item"].append(batch["index"][rows].numpy())
+            # a head serving several tasks is routed every row any of them labels: keep this task's own
+            labelled = mask[task][rows].numpy().astype(bool)
+            out[task]["p"].append((total / len(views)).numpy()[labelled])
+            out[task]["y"].append(batch["labels"][task][rows].numpy()[labelled])
+            out[task]["item"].append(batch["index"][rows].numpy()[labelled])
     if dense is not None:
         dense.update({t: {k: np.concatenate(v) for k, v in d.items()} for t, d in dense.items()})
     return {t: {k: np.concatenate(v) if v else np.zeros(0) for k, v in d.items()} for t, d in out.items()}
