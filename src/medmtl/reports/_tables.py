@@ -201,7 +201,10 @@ def format_metric(m: dict) -> str:
         text += f" ± {_fmt(m['std'])}"
     if _fmt(m["ci_low"]):
         ci = f"[{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]"
-        text += f" {ci}" if not _fmt(m["std"]) and _fmt(m["ref"]) == _fmt(m["mean"]) else f" · {_fmt(m['ref'])} {ci}"
+        # one seed: the reference value is the mean (compared as numbers: two computations of one
+        # AUC can differ in the 16th digit and round to different 3rd digits)
+        same = not _fmt(m["std"]) and _fmt(m["ref"]) and math.isclose(m["ref"], m["mean"], abs_tol=1e-9)
+        text += f" {ci}" if same else f" · {_fmt(m['ref'])} {ci}"
     return text
 
 
