@@ -53,6 +53,12 @@ def _score_run(run_dir: Path, data, cfg, tasks, split: str, tta: bool, arm: str,
     return prediction_rows(scores, ds, data, specs, arm=arm, seed=seed, split=split)
 
 
+def mixed_groups(rows: pd.DataFrame) -> list:
+    """The groups whose images carry different labels (they have no single truth as one case)."""
+    labels = rows.groupby("group")["y_true"].nunique()
+    return list(labels[labels > 1].index)
+
+
 def aggregate_groups(rows: pd.DataFrame, score_cols: list[str], conflicts: str = "error") -> pd.DataFrame:
     """One row per group (lesion or patient): the mean of its images' scores.
 
@@ -60,9 +66,8 @@ def aggregate_groups(rows: pd.DataFrame, score_cols: list[str], conflicts: str =
     mean score: ``conflicts="error"`` refuses them, ``"drop"`` leaves them out of the group-level
     scores with a warning (BUSI files a few near-duplicate lesions as both benign and malignant).
     """
-    labels = rows.groupby("group")["y_true"].nunique()
-    if (labels > 1).any():
-        bad = list(labels[labels > 1].index)
+    bad = mixed_groups(rows)
+    if bad:
         if conflicts != "drop":
             raise ValueError(f"groups {bad[:5]} hold images of different classes; they cannot be scored as one case")
         log.warning("%d groups hold images of different classes and are left out of the group-level scores: %s",
@@ -92,9 +97,6 @@ def metrics_of(pred: pd.DataFrame, data) -> dict:
     return out
 
 
-_EXECUTION = {"workers": 1, "ray_address": None}   # set by run_experiment for the whole run
-
-
 def run_experiment(cfg, *, quick: bool = False, progress: bool = True, workers: int = 1,
                    ray_address: str | None = None) -> Path:
     """Train and score every arm (of every application); returns the run dir holding ``results/``
@@ -104,11 +106,10 @@ def run_experiment(cfg, *, quick: bool = False, progress: bool = True, workers: 
     ``ray_address`` on an existing Ray cluster (see :mod:`medmtl.grid.arms`); results are the same
     files either way, and finished arms are never run again.
     """
-    _EXECUTION.update(workers=workers, ray_address=ray_address)
-    try:
+    from medmtl.grid.execution import parallel
+
+    with parallel(workers, ray_address):
         return _run_experiment(cfg, quick=quick, progress=progress)
-    finally:
-        _EXECUTION.update(workers=1, ray_address=None)
 
 
 def _run_experiment(cfg, *, quick: bool, progress: bool) -> Path:
@@ -147,7 +148,6 @@ def _run_experiment(cfg, *, quick: bool, progress: bool) -> Path:
             _merge(metrics, dense_metrics_of(app_dense))
         summaries.update(data_summary(data))
     pred = pd.concat(preds, ignore_index=True)
-    data = None
     results = run_dir / "results"
     results.mkdir(parents=True, exist_ok=True)
     pred.to_csv(results / "predictions.csv", index=False)
@@ -156,10 +156,9 @@ def _run_experiment(cfg, *, quick: bool, progress: bool) -> Path:
     (results / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     (results / "data.json").write_text(json.dumps(summaries, indent=2, default=int))
     if cfg.loto is not None:
-        data = prepare(cfg, progress=progress)
         from medmtl.transfer.loto import run_loto
 
-        run_loto(cfg, data, run_dir)
+        run_loto(cfg, prepare(cfg, progress=progress), run_dir)
     _report(run_dir)
     return run_dir
 
@@ -234,11 +233,12 @@ def run_arms(cfg, data, run_dir: Path, arms, seeds) -> pd.DataFrame:
     With parallel execution (``run_experiment(workers=N)`` or ``ray_address``) the unfinished arms
     run first as grid trials; this loop then only reads their results back.
     """
-    if _EXECUTION["workers"] > 1 or _EXECUTION["ray_address"]:
+    from medmtl.grid.execution import is_parallel
+
+    if is_parallel():
         from medmtl.grid.arms import run_arms_on_grid
 
-        run_arms_on_grid(cfg, run_dir, arms, seeds, workers=_EXECUTION["workers"],
-                         ray_address=_EXECUTION["ray_address"], progress=False)
+        run_arms_on_grid(cfg, run_dir, arms, seeds)
     from medmtl.transfer.strategies import STRATEGIES, ArmContext
 
     frames = []

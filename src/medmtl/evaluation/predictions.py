@@ -65,16 +65,22 @@ def split_scores(model, dataset, tasks: list[str], specs: dict, *, tta: bool = F
     return {t: {k: np.concatenate(v) if v else np.zeros(0) for k, v in d.items()} for t, d in out.items()}
 
 
+def _ids_and_groups(dataset, data, item: np.ndarray) -> tuple[list[str], list[str]]:
+    """The record id and group (patient, lesion) of each dataset item index in ``item``."""
+    items = dataset.items_[item.astype(int)]
+    src_keys = [dataset.source_keys_[int(s)] for s in items[:, 1]]
+    ids = [data.sources[k].cached.records[int(r)].id for k, r in zip(src_keys, items[:, 2])]
+    groups = [str(data.sources[k].groups[int(r)]) for k, r in zip(src_keys, items[:, 2])]
+    return ids, groups
+
+
 def prediction_rows(scores: dict, dataset, data, specs: dict, *, arm: str, seed: int, split: str) -> pd.DataFrame:
     """Rows of the results layout (arm, seed, task, split, id, group, y_true, score_<class>)."""
     frames = []
     for task, d in scores.items():
         if len(d["y"]) == 0:
             continue
-        items = dataset.items_[d["item"].astype(int)]
-        src_keys = [dataset.source_keys_[int(s)] for s in items[:, 1]]
-        ids = [data.sources[k].cached.records[int(r)].id for k, r in zip(src_keys, items[:, 2])]
-        groups = [str(data.sources[k].groups[int(r)]) for k, r in zip(src_keys, items[:, 2])]
+        ids, groups = _ids_and_groups(dataset, data, d["item"])
         frame = pd.DataFrame({"arm": arm, "seed": seed, "task": task, "split": split, "id": ids, "group": groups,
                               "y_true": d["y"].astype(int)})
         for k, c in enumerate(specs[task].classes):
@@ -141,10 +147,7 @@ def dense_rows(scores: dict, dataset, data, *, arm: str, seed: int, split: str) 
     """Rows of ``predictions_dense.csv`` (arm, seed, task, split, id, group, lesion, <metric>...)."""
     frames = []
     for task, d in scores.items():
-        items = dataset.items_[d["item"].astype(int)]
-        src_keys = [dataset.source_keys_[int(s)] for s in items[:, 1]]
-        ids = [data.sources[k].cached.records[int(r)].id for k, r in zip(src_keys, items[:, 2])]
-        groups = [str(data.sources[k].groups[int(r)]) for k, r in zip(src_keys, items[:, 2])]
+        ids, groups = _ids_and_groups(dataset, data, d["item"])
         frames.append(pd.DataFrame({"arm": arm, "seed": seed, "task": task, "split": split, "id": ids,
                                     "group": groups, **{k: v for k, v in d.items() if k != "item"}}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -65,18 +65,18 @@ class Inputs:
         info = self.tasks[task]
         if info.evaluate_at != "group":
             return rows
-        n_labels = rows.groupby("group")["y_true"].nunique()
-        if (n_labels > 1).any():
-            # as metrics.json (medmtl.experiment.aggregate_groups): such a group has no single truth
-            mixed = list(n_labels[n_labels > 1].index)
+        from medmtl.experiment import aggregate_groups, mixed_groups
+
+        mixed = mixed_groups(rows)
+        if mixed:
+            # left out as metrics.json leaves them out: such a group has no single truth
             shown = ", ".join(map(str, mixed[:3])) + (" ..." if len(mixed) > 3 else "")
             note = (f"task {task}, arm {arm}, seed {seed}: {len(mixed)} groups hold images of different classes and "
                     f"are left out of the group-level scores ({shown})")
             if ("table", note) not in self.notes:  # called once per table cell, CI and figure
                 self.note("table", note)
             rows = rows[~rows["group"].isin(mixed)]
-        cols = [SCORE_PREFIX + c for c in info.classes]
-        agg = rows.groupby("group", sort=True).agg({"y_true": "first", **{c: "mean" for c in cols}}).reset_index()
+        agg = aggregate_groups(rows, [SCORE_PREFIX + c for c in info.classes])
         return agg.assign(id=agg["group"], arm=arm, seed=seed, task=task, split=split)
 
     def scores(self, rows: pd.DataFrame, task: str) -> np.ndarray:

@@ -65,6 +65,17 @@ def _import_sections() -> None:
             importlib.import_module(f"medmtl.reports.{mod.name}")
 
 
+def seed_values(metrics: dict | None, arm: str, task: str, split: str, metric: str) -> list[float]:
+    """The finite per-seed values of ``metric`` in ``metrics.json`` (``{arm: {seed: {task: {split:
+    {metric: value}}}}}``), in seed order of the file."""
+    out = []
+    for per_task in ((metrics or {}).get(arm) or {}).values():
+        v = ((per_task.get(task) or {}).get(split) or {}).get(metric)
+        if v is not None and math.isfinite(float(v)):
+            out.append(float(v))
+    return out
+
+
 def _cell(v) -> str:
     if isinstance(v, float):
         return "" if not math.isfinite(v) else f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"

@@ -27,13 +27,12 @@ def default_pairs(config: dict) -> list[tuple[str, str]]:
     return [(m, s) for m in multi for s in single]
 
 
-def _seed_values(metrics, arm, task) -> dict[int, float]:
-    out = {}
-    for seed, per_task in ((metrics or {}).get(arm) or {}).items():
-        v = ((per_task.get(task) or {}).get("test") or {}).get("auc")
-        if v is not None and math.isfinite(float(v)):
-            out[int(seed)] = float(v)
-    return out
+def _seed_aucs(inputs, arm, task) -> dict[int, float]:
+    """{seed: test AUC} of one arm and task, as the comparison table reads them."""
+    from medmtl.reports._tables import _seed_metrics
+
+    values = {s: m.get("auc") for s, m in _seed_metrics(inputs, arm, task).items()}
+    return {s: v for s, v in values.items() if v is not None and math.isfinite(v)}
 
 
 def _verdict(a: str, b: str, diff: float, p: float) -> str:
@@ -69,7 +68,7 @@ def comparisons_section(inputs) -> Section | None:
                 p, how = _stats.delong_p_value(y, sa[:, 1], sb[:, 1]), "DeLong paired"
             else:
                 p, how = _stats.paired_bootstrap_auc_test(y, sa, sb, n_boot=1000, seed=0), "paired bootstrap"
-            va, vb = _seed_values(inputs.metrics, a, task), _seed_values(inputs.metrics, b, task)
+            va, vb = _seed_aucs(inputs, a, task), _seed_aucs(inputs, b, task)
             common = sorted(set(va) & set(vb))
             row = {"comparison": f"{a} vs {b}", "task": task, "cases": f"{len(ids)} "
                    f"{'groups' if info.evaluate_at == 'group' else 'images'}",

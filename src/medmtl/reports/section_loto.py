@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from medmtl.reports._figures import Figure, _colours, encode, new_figure
-from medmtl.reports._sections import REPORT_SECTIONS, Section
+from medmtl.reports._sections import REPORT_SECTIONS, Section, seed_values
 
 SPLIT = "test"
 MTL_FE, MTL_FT, JOINT = "loto_feature_extraction", "loto_finetune", "loto_joint"
@@ -95,15 +95,6 @@ def _rank_figure(ranks: pd.DataFrame, mean: pd.Series) -> Figure:
                   "(columns) and the mean rank; the rows are sorted by mean rank.", encode(fig))
 
 
-def _values(metrics: dict | None, arm: str, task: str, metric: str) -> list[float]:
-    out = []
-    for per_task in ((metrics or {}).get(arm) or {}).values():
-        v = ((per_task.get(task) or {}).get(SPLIT) or {}).get(metric)
-        if v is not None and math.isfinite(float(v)):
-            out.append(float(v))
-    return out
-
-
 def _std(v: list[float]) -> float:
     return float(np.std(v, ddof=1)) if len(v) > 1 else math.nan
 
@@ -133,7 +124,7 @@ def transfer_table(inputs, targets: list[str]) -> list[dict]:
         row = {"task": t, "metric": metric}
         vals = {}
         for label, arm in methods:
-            v = _values(inputs.metrics, arm, t, metric) if arm else []
+            v = seed_values(inputs.metrics, arm, t, SPLIT, metric) if arm else []
             vals[label] = v
             row[f"{label} ({arm or 'absent'})"] = float(np.mean(v)) if v else math.nan
             row[f"{label} std"] = _std(v)

@@ -9,19 +9,19 @@ import math
 
 import numpy as np
 
-from medmtl.reports._sections import REPORT_SECTIONS, Section
+from medmtl.reports._sections import REPORT_SECTIONS, Section, seed_values
+
+
+def _mean_std_n(vals: list[float]) -> tuple[float, float, int]:
+    """(mean, std over seeds with ddof=1, n); NaN where undefined (no value, or one for the std)."""
+    if not vals:
+        return math.nan, math.nan, 0
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan, len(vals)
 
 
 def ours(metrics: dict | None, arm: str, task: str, split: str, metric: str) -> tuple[float, float, int]:
     """(mean, std, n seeds) of ``metric`` in ``metrics.json`` (``{arm: {seed: {task: {split: {...}}}}}``)."""
-    vals = []
-    for per_task in ((metrics or {}).get(arm) or {}).values():
-        v = ((per_task.get(task) or {}).get(split) or {}).get(metric)
-        if v is not None and math.isfinite(float(v)):
-            vals.append(float(v))
-    if not vals:
-        return math.nan, math.nan, 0
-    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan, len(vals)
+    return _mean_std_n(seed_values(metrics, arm, task, split, metric))
 
 
 HISTORY_COLUMNS = {("train", "loss"): "train_loss", ("train", "accuracy"): "train_accuracy",
@@ -36,13 +36,12 @@ def from_history(inputs, v: dict) -> tuple[float, float, int]:
     column = f"{HISTORY_COLUMNS.get((split, metric), f'{split}_{metric}')}/{v['task']}"
     vals = []
     for seed_dir in inputs.arm_dirs.get(v["arm"], {}).values():
-        run = _runs(seed_dir).get(v.get("model") or "") or _runs(seed_dir).get("model")
+        runs = _runs(seed_dir)
+        run = runs.get(v.get("model") or "") or runs.get("model")
         row = best_row(run) if run is not None else None
         if row is not None and column in row.index and not np.isnan(row[column]):
             vals.append(float(row[column]))
-    if not vals:
-        return math.nan, math.nan, 0
-    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan, len(vals)
+    return _mean_std_n(vals)
 
 
 @REPORT_SECTIONS.register("reference", order=20)

@@ -31,13 +31,16 @@ def _thresholds(run_dir: Path, app: str) -> dict:
     return out
 
 
-def spearman_rows(run_dir: Path) -> list[dict]:
+def spearman_docs(run_dir: Path) -> list[tuple[Path, dict]]:
+    """Every ``weighting.json`` of the spearman weighting under ``run_dir``, read once."""
+    docs = [(path, json.loads(path.read_text())) for path in sorted(Path(run_dir).rglob("weighting.json"))]
+    return [(path, doc) for path, doc in docs if doc.get("name") == "spearman"]
+
+
+def spearman_rows(run_dir: Path, docs: list[tuple[Path, dict]] | None = None) -> list[dict]:
     """One row per (application, main task, auxiliary task, decision); ``runs`` lists arm/seed."""
     rows: dict[tuple, dict] = {}
-    for path in sorted(Path(run_dir).rglob("weighting.json")):
-        doc = json.loads(path.read_text())
-        if doc.get("name") != "spearman":
-            continue
+    for path, doc in spearman_docs(run_dir) if docs is None else docs:
         app = _application(run_dir, path)
         cuts = _thresholds(run_dir, app)
         run = "/".join(p for p in path.parent.relative_to(run_dir).parts if p not in ("applications", app, "arms"))
@@ -69,11 +72,11 @@ def _round(v: float):
 
 @REPORT_SECTIONS.register("spearman", order=25)
 def spearman_section(inputs) -> Section | None:
-    rows = spearman_rows(inputs.run_dir)
+    docs = spearman_docs(inputs.run_dir)
+    rows = spearman_rows(inputs.run_dir, docs)
     if not rows:
         return None
-    alphas = sorted({json.loads(p.read_text()).get("kwargs", {}).get("alpha", 0.05)
-                     for p in inputs.run_dir.rglob("weighting.json")})
+    alphas = sorted({doc.get("kwargs", {}).get("alpha", 0.05) for _, doc in docs})
     text = [f"Auxiliary tasks of the spearman weighting: Spearman's r and p of each auxiliary task's labels "
             f"against the main task's, on the main task's training images (class indices in the config's "
             f"order). A task is kept when p < alpha ({', '.join(map(str, alphas))}) with weight |r|, else "

@@ -117,33 +117,21 @@ def loto_trial(cfg, data, group: list[str], combo: dict, seed: int, trial: Path)
     return result
 
 
-_DATA: dict[str, object] = {}   # prepared data per config, kept per grid worker process
-
-
 def run_loto_trial(params: dict, trial_dir: Path) -> dict:
     """A LOTO trial as a grid trial (a top-level function, so Ray can ship it to a worker)."""
-    from medmtl.config import parse_config
+    from medmtl.grid.execution import prepared
 
-    key = json.dumps(params["config"], sort_keys=True)
-    cfg = parse_config(params["config"], "LOTO trial")
-    if key not in _DATA:
-        from medmtl.data.pipeline import prepare
-
-        _DATA.clear()
-        _DATA[key] = prepare(cfg, progress=False)
-    return loto_trial(cfg, _DATA[key], params["group"], params["combo"], params["seed"], Path(params["trial"]))
+    cfg, data = prepared(params["config"], "LOTO trial")
+    return loto_trial(cfg, data, params["group"], params["combo"], params["seed"], Path(params["trial"]))
 
 
 def _run_trials_on_grid(cfg, out: Path, groups, combos) -> None:
     """With ``medmtl run --workers N`` / ``--ray-address``: every unfinished LOTO trial (left-out
     group x combination x seed) as one grid trial first; the protocol then reads their results."""
-    from medmtl.experiment import _EXECUTION
+    from medmtl.grid.execution import is_parallel, run_trials
 
-    workers, address = _EXECUTION["workers"], _EXECUTION["ray_address"]
-    if workers == 1 and not address:
+    if not is_parallel():
         return
-    from medmtl.errors import MedmtlError
-    from medmtl.grid import run_grid
     from medmtl.grid._expand import Trial
 
     base, out = cfg.model_dump(mode="json"), Path(out).resolve()
@@ -158,22 +146,14 @@ def _run_trials_on_grid(cfg, out: Path, groups, combos) -> None:
                 trials.append(Trial(hashlib.sha1(name.encode()).hexdigest()[:12], name, {"trial": name},
                                     {"config": base, "group": group, "combo": combo, "seed": seed,
                                      "trial": str(trial)}))
-    if not trials:
-        return
-    cpus = max(1, (os.cpu_count() or 1) // workers) if address is None else 1
-    records = run_grid(trials, run_loto_trial, out / "grid", workers=workers, ray_address=address,
-                       cpus_per_trial=cpus, progress=False)
-    failed = [r for r in records if r["status"] == "failed"]
-    if failed:
-        raise MedmtlError(f"{len(failed)} LOTO trial(s) failed: " + "; ".join(
-            f"{r['name']} (see {r['trial_dir']}/error.txt)" for r in failed) + ". Run again to retry them.")
+    run_trials(trials, run_loto_trial, out / "grid", "LOTO")
 
 
 def run_loto(cfg, data, run_dir: Path) -> dict:
     """Run the LOTO protocol of ``cfg.loto``; writes ``run_dir/loto/`` and returns the summary."""
     from medmtl.config.schema import ArmConfig
     from medmtl.evaluation.predictions import prediction_rows
-    from medmtl.transfer.strategies import ArmContext, _lr_grid, _train, svm_transfer
+    from medmtl.transfer.strategies import ArmContext, _lr_grid, svm_transfer
 
     lc = cfg.loto
     unknown = sorted(set(lc.pool) - set(data.tasks))
@@ -226,8 +206,8 @@ def run_loto(cfg, data, run_dir: Path) -> dict:
                 pd.concat(preds[n_before:], ignore_index=True).to_csv(done, index=False)
     if lc.joint or lc.artifact:
         targets = [t for g in groups for t in g] if lc.joint else []
-        trials, pool_rows = _pool_models(cfg, data, out, combos if lc.joint else {_best_overall(ranks): None},
-                                         arm, targets)
+        best = _best_overall(ranks)
+        trials, pool_rows = _pool_models(cfg, data, out, combos if lc.joint else {best: combos[best]}, arm, targets)
         if lc.joint:
             preds.append(_joint_rows(pool_rows, data, targets, summary))
         if lc.artifact:
@@ -262,9 +242,7 @@ def _pool_models(cfg, data, out: Path, combos: dict, arm, targets: list[str]) ->
     from medmtl.transfer.strategies import ArmContext, _train
 
     lc, trials, frames = cfg.loto, [], []
-    every = combinations(lc.grid)
-    for cid in combos:
-        combo = next(c for c in every if combo_id(c) == cid)
+    for cid, combo in combos.items():
         for seed in lc.seeds:
             trial = out / "trials" / POOL / cid / f"seed{seed}"
             model_dir, done, scored = trial / "model", trial / "result.json", trial / "predictions.csv"

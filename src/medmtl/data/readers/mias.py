@@ -55,10 +55,16 @@ def parse_info(path: Path) -> dict[str, list[dict]]:
     return films
 
 
+def to_pixels(x: float, y: float, width: int, height: int) -> tuple[float, float, float, float]:
+    """(cx, cy, sx, sy): the point (x, y) of the 1024 bottom-left frame in the stored image's pixels
+    (row = 1024 - y, then scaled) and the frame's scale per axis."""
+    sx, sy = width / ORIGINAL_SIZE, height / ORIGINAL_SIZE
+    return x * sx, (ORIGINAL_SIZE - y) * sy, sx, sy
+
+
 def lesion_box(x: float, y: float, r: float, width: int, height: int) -> np.ndarray:
     """Box of the circle (x, y, r) given in the 1024 bottom-left frame, in the stored image's pixels."""
-    sx, sy = width / ORIGINAL_SIZE, height / ORIGINAL_SIZE
-    cx, cy = x * sx, (ORIGINAL_SIZE - y) * sy
+    cx, cy, sx, sy = to_pixels(x, y, width, height)
     box = np.array([cx - r * sx, cy - r * sy, cx + r * sx, cy + r * sy], dtype=np.float32)
     return np.clip(box, 0, [width, height, width, height]).astype(np.float32)
 
@@ -71,8 +77,7 @@ def lesion_crop(x: float, y: float, r: float, width: int, height: int, margin: f
     It is not clipped: :class:`FileSource` zero-pads what lies past the border, so the lesion
     stays in the centre (resizing a clipped, non-square region would also distort it).
     """
-    sx, sy = width / ORIGINAL_SIZE, height / ORIGINAL_SIZE
-    cx, cy = x * sx, (ORIGINAL_SIZE - y) * sy  # the frame rule of lesion_box: row = 1024 - y
+    cx, cy, sx, sy = to_pixels(x, y, width, height)
     side = max(int(min_size), int(round(2 * r * (1 + margin) * max(sx, sy))))
     left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
     return left, top, left + side, top + side
