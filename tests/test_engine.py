@@ -219,3 +219,76 @@ def test_mixed_precision_path_runs_on_cpu_with_bf16(tmp_path, shared_cache, medm
     result = trainer.fit()
     weights = ckpt.load(result.run_dir / "checkpoints" / "best.ckpt")["model"]
     assert all(v.dtype == torch.float32 for k, v in weights.items() if v.is_floating_point())
+
+
+@pytest.fixture
+def fp16_on_cpu(monkeypatch):
+    """Fabric with fp16 autocast and a GradScaler on the CPU: the loss-scaling path that
+    ``precision: 16-mixed`` takes on a CUDA GPU. (Fabric itself swaps 16-mixed for bf16 on a CPU,
+    so the plugin is passed by hand; torch has CPU fp16 autocast and a CPU GradScaler.)"""
+    import lightning.fabric as lf
+    from lightning.fabric.plugins.precision import MixedPrecision
+
+    real = lf.Fabric
+    scalers = []
+
+    def fabric(*, precision, **kw):
+        if precision != "16-mixed":
+            return real(precision=precision, **kw)
+        scalers.append(torch.amp.GradScaler("cpu"))
+        return real(plugins=[MixedPrecision("16-mixed", "cpu", scaler=scalers[-1])], **kw)
+
+    monkeypatch.setattr(lf, "Fabric", fabric)
+    return scalers
+
+
+def _step_delta(trainer, batch):
+    before = {k: v.detach().clone() for k, v in trainer.net.named_parameters()}
+    trainer.train_step(batch)
+    return torch.cat([(p.detach() - before[k]).flatten() for k, p in trainer.net.named_parameters()])
+
+
+def test_fp16_loss_scaling_gives_the_float32_update(tmp_path, shared_cache, medmnist_data, fp16_on_cpu):
+    """Under fp16 the gradients are computed scaled and unscaled before the step (and before the
+    clip): one step moves the weights as a float32 step does, not 65536 times less or more."""
+    deltas = []
+    for precision in ("32-true", "16-mixed"):
+        cfg, _ = _cfg(tmp_path / precision, shared_cache, precision=precision, grad_clip=5.0)
+        trainer = Trainer(cfg, medmnist_data, tmp_path / precision / "run", progress=False)
+        batch = next(iter(trainer.train_loader))
+        if precision == "16-mixed":
+            seen = []
+            conv = next(m for m in trainer.net.trunk.modules() if isinstance(m, torch.nn.Conv2d))
+            conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        deltas.append(_step_delta(trainer, batch))
+    assert seen[0] == torch.float16 and fp16_on_cpu[0].get_scale() == 65536.0
+    full, half = deltas
+    cosine = float(torch.nn.functional.cosine_similarity(full, half, dim=0))
+    assert full.norm() > 0 and cosine > 0.98 and 0.9 < float(half.norm() / full.norm()) < 1.1
+
+
+def test_fp16_overflow_skips_the_step_and_resume_keeps_the_loss_scale(tmp_path, shared_cache, medmnist_data,
+                                                                      fp16_on_cpu):
+    """A loss scale too large for fp16 makes the gradients overflow: the scaler skips that step
+    (weights unchanged, no NaN error: the loss itself is finite) and halves the scale; the scale
+    is part of the last checkpoint, so a resumed run skips the same steps."""
+    cfg, _ = _cfg(tmp_path, shared_cache, precision="16-mixed", epochs=1)
+    trainer = Trainer(cfg, medmnist_data, tmp_path / "run", progress=False)
+    scaler = fp16_on_cpu[0]
+    # a scale whose scaled loss is still finite in float32 while its fp16 gradients are not
+    scaler.load_state_dict({**scaler.state_dict(), "scale": 2.0 ** 100})
+    delta = _step_delta(trainer, next(iter(trainer.train_loader)))
+    assert float(delta.abs().max()) == 0.0 and scaler.get_scale() == 2.0 ** 99
+    state = trainer.state()
+    assert state["precision"]["scale"] == 2.0 ** 99
+    ckpt.save_atomic(state, tmp_path / "last.ckpt")
+    again = Trainer(cfg, medmnist_data, tmp_path / "again", progress=False)
+    again.load_state(ckpt.load(tmp_path / "last.ckpt"))
+    assert fp16_on_cpu[1].get_scale() == 2.0 ** 99
+
+
+def test_fp16_with_a_gradient_based_weighting_is_refused(tmp_path, shared_cache, medmnist_data):
+    """TorchJD computes the task gradients outside the loss scaler; the pair is refused by name."""
+    cfg, _ = _cfg(tmp_path, shared_cache, precision="16-mixed", weighting={"name": "upgrad"})
+    with pytest.raises(Exception, match=r"'upgrad'.*bf16-mixed"):
+        Trainer(cfg, medmnist_data, tmp_path / "run", progress=False)

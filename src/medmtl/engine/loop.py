@@ -143,6 +143,7 @@ class Trainer:
 
         self.cfg, self.data, self.run_dir, self.progress = cfg, data, Path(run_dir), progress
         tc = cfg.train
+        _check_precision(tc, WEIGHTINGS.meta(tc.weighting.name))
         self.fabric = Fabric(accelerator=tc.accelerator, devices=tc.devices, precision=tc.precision)
         self.fabric.launch()   # no-op on one device; starts the DDP processes for --devices N
         self.fabric.seed_everything(cfg.seed, verbose=False)
@@ -202,6 +203,8 @@ class Trainer:
             "sampler": self.sampler.state_dict(), "weighting": self.weighting.state_dict(),
             "rng": ckpt.rng_state(), "epoch": self.epoch, "step": self.step, "best": self.best,
             "bad_epochs": self.bad_epochs, "history": self.history, "tasks": _spec_dicts(self.specs),
+            # fp16's loss scale (empty otherwise): a resumed run must skip the same overflowing steps
+            "precision": self.fabric.strategy.precision.state_dict(),
         }
 
     def load_state(self, state: dict) -> None:
@@ -211,6 +214,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.weighting.load_state_dict(state["weighting"])
+        if state.get("precision"):
+            self.fabric.strategy.precision.load_state_dict(state["precision"])
         ckpt.set_rng_state(state["rng"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.best, self.bad_epochs, self.history = state["best"], state["bad_epochs"], state["history"]
@@ -416,6 +421,17 @@ class Trainer:
 
 
 @torch.no_grad()
+def _check_precision(tc, weighting_meta: dict) -> None:
+    """fp16 needs loss scaling, and a gradient-based weighting computes its task gradients itself
+    (TorchJD), outside the scaler: the optimiser step would then divide unscaled gradients by the
+    loss scale and barely move. Refuse that pair instead of training silently at ~1/65536 the rate."""
+    if tc.precision == "16-mixed" and weighting_meta.get("needs_per_task_grads"):
+        raise MedmtlError(
+            f"train.weighting {tc.weighting.name!r} aggregates per-task gradients itself, which fp16 "
+            "loss scaling cannot pass through: set train.precision to 'bf16-mixed' (no loss scaling; "
+            "Ampere GPUs and newer, and CPUs) or '32-true'")
+
+
 def _correct(specs: dict, outputs, labels, mask) -> dict[str, tuple[int, int]]:
     """(right, labelled) argmax predictions per single-label classification task of one batch."""
     out = {}
