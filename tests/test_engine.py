@@ -222,10 +222,12 @@ def test_mixed_precision_path_runs_on_cpu_with_bf16(tmp_path, shared_cache, medm
 
 
 @pytest.fixture
-def fp16_on_cpu(monkeypatch):
-    """Fabric with fp16 autocast and a GradScaler on the CPU: the loss-scaling path that
-    ``precision: 16-mixed`` takes on a CUDA GPU. (Fabric itself swaps 16-mixed for bf16 on a CPU,
-    so the plugin is passed by hand; torch has CPU fp16 autocast and a CPU GradScaler.)"""
+def fp16_scalers(monkeypatch):
+    """The GradScalers of the Fabrics made with ``precision: 16-mixed``, fp16 autocast included.
+
+    On a CUDA GPU that is Fabric's own 16-mixed. On the CPU Fabric swaps 16-mixed for bf16, so the
+    plugin is passed by hand (torch has CPU fp16 autocast and a CPU GradScaler): the same
+    loss-scaling path that a GPU takes."""
     import lightning.fabric as lf
     from lightning.fabric.plugins.precision import MixedPrecision
 
@@ -233,10 +235,13 @@ def fp16_on_cpu(monkeypatch):
     scalers = []
 
     def fabric(*, precision, **kw):
-        if precision != "16-mixed":
-            return real(precision=precision, **kw)
-        scalers.append(torch.amp.GradScaler("cpu"))
-        return real(plugins=[MixedPrecision("16-mixed", "cpu", scaler=scalers[-1])], **kw)
+        if precision != "16-mixed" or torch.cuda.is_available():
+            made = real(precision=precision, **kw)
+        else:
+            made = real(plugins=[MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))], **kw)
+        if precision == "16-mixed":
+            scalers.append(made.strategy.precision.scaler)
+        return made
 
     monkeypatch.setattr(lf, "Fabric", fabric)
     return scalers
@@ -248,7 +253,7 @@ def _step_delta(trainer, batch):
     return torch.cat([(p.detach() - before[k]).flatten() for k, p in trainer.net.named_parameters()])
 
 
-def test_fp16_loss_scaling_gives_the_float32_update(tmp_path, shared_cache, medmnist_data, fp16_on_cpu):
+def test_fp16_loss_scaling_gives_the_float32_update(tmp_path, shared_cache, medmnist_data, fp16_scalers):
     """Under fp16 the gradients are computed scaled and unscaled before the step (and before the
     clip): one step moves the weights as a float32 step does, not 65536 times less or more."""
     deltas = []
@@ -261,20 +266,20 @@ def test_fp16_loss_scaling_gives_the_float32_update(tmp_path, shared_cache, medm
             conv = next(m for m in trainer.net.trunk.modules() if isinstance(m, torch.nn.Conv2d))
             conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
         deltas.append(_step_delta(trainer, batch))
-    assert seen[0] == torch.float16 and fp16_on_cpu[0].get_scale() == 65536.0
+    assert seen[0] == torch.float16 and fp16_scalers[0].get_scale() == 65536.0
     full, half = deltas
     cosine = float(torch.nn.functional.cosine_similarity(full, half, dim=0))
     assert full.norm() > 0 and cosine > 0.98 and 0.9 < float(half.norm() / full.norm()) < 1.1
 
 
 def test_fp16_overflow_skips_the_step_and_resume_keeps_the_loss_scale(tmp_path, shared_cache, medmnist_data,
-                                                                      fp16_on_cpu):
+                                                                      fp16_scalers):
     """A loss scale too large for fp16 makes the gradients overflow: the scaler skips that step
     (weights unchanged, no NaN error: the loss itself is finite) and halves the scale; the scale
     is part of the last checkpoint, so a resumed run skips the same steps."""
     cfg, _ = _cfg(tmp_path, shared_cache, precision="16-mixed", epochs=1)
     trainer = Trainer(cfg, medmnist_data, tmp_path / "run", progress=False)
-    scaler = fp16_on_cpu[0]
+    scaler = fp16_scalers[0]
     # a scale whose scaled loss is still finite in float32 while its fp16 gradients are not
     scaler.load_state_dict({**scaler.state_dict(), "scale": 2.0 ** 100})
     delta = _step_delta(trainer, next(iter(trainer.train_loader)))
@@ -284,7 +289,7 @@ def test_fp16_overflow_skips_the_step_and_resume_keeps_the_loss_scale(tmp_path, 
     ckpt.save_atomic(state, tmp_path / "last.ckpt")
     again = Trainer(cfg, medmnist_data, tmp_path / "again", progress=False)
     again.load_state(ckpt.load(tmp_path / "last.ckpt"))
-    assert fp16_on_cpu[1].get_scale() == 2.0 ** 99
+    assert fp16_scalers[1].get_scale() == 2.0 ** 99
 
 
 def test_fp16_with_a_gradient_based_weighting_is_refused(tmp_path, shared_cache, medmnist_data):
@@ -292,3 +297,19 @@ def test_fp16_with_a_gradient_based_weighting_is_refused(tmp_path, shared_cache,
     cfg, _ = _cfg(tmp_path, shared_cache, precision="16-mixed", weighting={"name": "upgrad"})
     with pytest.raises(Exception, match=r"'upgrad'.*bf16-mixed"):
         Trainer(cfg, medmnist_data, tmp_path / "run", progress=False)
+
+
+def test_determinism_switch_sets_torch_and_cudnn_state(monkeypatch):
+    """``train.deterministic`` (default on) picks reproducible kernels; off lets cuDNN benchmark."""
+    from medmtl.engine.loop import set_determinism
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        set_determinism(False)
+        assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+        set_determinism(True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        set_determinism(True)

@@ -246,7 +246,12 @@ class EarlyStoppingConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """The training loop. ``precision`` and ``devices`` go to Lightning Fabric."""
+    """The training loop. ``precision`` and ``devices`` go to Lightning Fabric.
+
+    ``deterministic``: on a GPU, cuDNN and torch use deterministic kernels (torch warns where an
+    op has none), so that the same seed gives the same numbers and a resumed run the same
+    weights; ``false`` lets cuDNN pick the fastest, non-reproducible, kernels.
+    """
 
     epochs: int = Field(10, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1)
@@ -262,6 +267,7 @@ class TrainConfig(_Section):
     accelerator: str = "auto"
     devices: int = Field(1, ge=1)
     precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
+    deterministic: bool = True
     mlflow: bool = True
 
 

@@ -146,6 +146,7 @@ class Trainer:
         _check_precision(tc, WEIGHTINGS.meta(tc.weighting.name))
         self.fabric = Fabric(accelerator=tc.accelerator, devices=tc.devices, precision=tc.precision)
         self.fabric.launch()   # no-op on one device; starts the DDP processes for --devices N
+        set_determinism(tc.deterministic)
         self.fabric.seed_everything(cfg.seed, verbose=False)
         self.tasks = [t.name for t in cfg.tasks]
         self.specs = task_specs_dict(data, self.tasks)
@@ -421,6 +422,21 @@ class Trainer:
 
 
 @torch.no_grad()
+def set_determinism(deterministic: bool) -> None:
+    """Deterministic kernels or the fastest ones (Fabric, unlike Lightning's Trainer, has no switch).
+
+    Process-wide torch state; cuBLAS reads its workspace setting when its handle is made, which is
+    why it is set here, before the first GPU matrix product, and only if the user has not.
+    """
+    import os
+
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
 def _check_precision(tc, weighting_meta: dict) -> None:
     """fp16 needs loss scaling, and a gradient-based weighting computes its task gradients itself
     (TorchJD), outside the scaler: the optimiser step would then divide unscaled gradients by the
