@@ -188,9 +188,11 @@ def test_mlflow_store_in_run_dir_and_predict_cli(tmp_path, shared_cache, medmnis
 
 
 def test_ddp_two_processes_on_cpu(tmp_path, shared_cache, medmnist_data):
-    """`--devices 2` runs the same loop under DDP (gloo on CPU): two ranks, one run dir."""
-    _, raw = _cfg(tmp_path, shared_cache, epochs=2, accelerator="cpu")
-    raw["tasks"] = raw["tasks"][:1]
+    """`--devices 2` runs the same multi-task loop under DDP (gloo on CPU): two ranks, one run dir.
+    Batches of 4 from two tasks leave a head without rows in some steps and the warm-up freezes
+    the trunk: parameters without a gradient, which plain DDP stops on."""
+    _, raw = _cfg(tmp_path, shared_cache, epochs=2, accelerator="cpu", warmup={"steps": 2})
+    raw["data"]["batch_size"] = 4
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump({**raw, "run_dir": str(tmp_path / "ddp")}))
     env = {**os.environ, "MEDMTL_DATA": os.environ.get("MEDMTL_DATA", str(REPO.parent / "shared" / "datasets"))}
@@ -292,10 +294,16 @@ def test_fp16_overflow_skips_the_step_and_resume_keeps_the_loss_scale(tmp_path, 
     assert fp16_scalers[1].get_scale() == 2.0 ** 99
 
 
-def test_fp16_with_a_gradient_based_weighting_is_refused(tmp_path, shared_cache, medmnist_data):
-    """TorchJD computes the task gradients outside the loss scaler; the pair is refused by name."""
-    cfg, _ = _cfg(tmp_path, shared_cache, precision="16-mixed", weighting={"name": "upgrad"})
-    with pytest.raises(Exception, match=r"'upgrad'.*bf16-mixed"):
+@pytest.mark.parametrize("option, message", [({"precision": "16-mixed"}, r"'upgrad'.*loss scaling.*bf16-mixed"),
+                                             ({"devices": 2}, r"'upgrad'.*synchronisation.*devices: 1")])
+def test_a_gradient_based_weighting_is_refused_with_fp16_or_ddp(tmp_path, shared_cache, medmnist_data, option,
+                                                                 message):
+    """TorchJD computes the task gradients outside fp16's loss scaler and outside DDP's all-reduce;
+    both pairs are refused by name before any process starts."""
+    from medmtl.errors import MedmtlError
+
+    cfg, _ = _cfg(tmp_path, shared_cache, weighting={"name": "upgrad"}, **option)
+    with pytest.raises(MedmtlError, match=message):
         Trainer(cfg, medmnist_data, tmp_path / "run", progress=False)
 
 

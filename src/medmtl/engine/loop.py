@@ -143,8 +143,12 @@ class Trainer:
 
         self.cfg, self.data, self.run_dir, self.progress = cfg, data, Path(run_dir), progress
         tc = cfg.train
-        _check_precision(tc, WEIGHTINGS.meta(tc.weighting.name))
-        self.fabric = Fabric(accelerator=tc.accelerator, devices=tc.devices, precision=tc.precision)
+        _check_fabric_options(tc, WEIGHTINGS.meta(tc.weighting.name))
+        # routing (a head without rows in a batch) and warm-up (a frozen trunk) leave parameters
+        # without a gradient in some steps, which plain DDP takes for an error
+        strategy = "ddp_find_unused_parameters_true" if tc.devices > 1 else "auto"
+        self.fabric = Fabric(accelerator=tc.accelerator, devices=tc.devices, precision=tc.precision,
+                             strategy=strategy)
         self.fabric.launch()   # no-op on one device; starts the DDP processes for --devices N
         set_determinism(tc.deterministic)
         self.fabric.seed_everything(cfg.seed, verbose=False)
@@ -437,15 +441,26 @@ def set_determinism(deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def _check_precision(tc, weighting_meta: dict) -> None:
-    """fp16 needs loss scaling, and a gradient-based weighting computes its task gradients itself
-    (TorchJD), outside the scaler: the optimiser step would then divide unscaled gradients by the
-    loss scale and barely move. Refuse that pair instead of training silently at ~1/65536 the rate."""
-    if tc.precision == "16-mixed" and weighting_meta.get("needs_per_task_grads"):
+def _check_fabric_options(tc, weighting_meta: dict) -> None:
+    """Refuse the pairs that would train wrongly without an error.
+
+    A gradient-based weighting computes its task gradients itself (TorchJD), outside fp16's loss
+    scaler (the step would divide unscaled gradients by the scale and barely move) and outside
+    DDP's gradient all-reduce (each process would step with its own gradients and drift apart).
+    """
+    if not weighting_meta.get("needs_per_task_grads"):
+        return
+    name = tc.weighting.name
+    if tc.precision == "16-mixed":
         raise MedmtlError(
-            f"train.weighting {tc.weighting.name!r} aggregates per-task gradients itself, which fp16 "
-            "loss scaling cannot pass through: set train.precision to 'bf16-mixed' (no loss scaling; "
-            "Ampere GPUs and newer, and CPUs) or '32-true'")
+            f"train.weighting {name!r} aggregates per-task gradients itself, which fp16 loss scaling "
+            "cannot pass through: set train.precision to 'bf16-mixed' (no loss scaling; Ampere GPUs "
+            "and newer, and CPUs) or '32-true'")
+    if tc.devices > 1:
+        raise MedmtlError(
+            f"train.weighting {name!r} aggregates per-task gradients itself, outside DDP's gradient "
+            f"synchronisation: train on one device (train.devices: 1, no --devices {tc.devices}) or "
+            "choose a loss weighting such as 'mean', 'main_aux' or 'uncertainty'")
 
 
 def _correct(specs: dict, outputs, labels, mask) -> dict[str, tuple[int, int]]:
