@@ -190,8 +190,11 @@ def test_mlflow_store_in_run_dir_and_predict_cli(tmp_path, shared_cache, medmnis
 def test_ddp_two_processes_on_cpu(tmp_path, shared_cache, medmnist_data):
     """`--devices 2` runs the same multi-task loop under DDP (gloo on CPU): two ranks, one run dir.
     Batches of 4 from two tasks leave a head without rows in some steps and the warm-up freezes
-    the trunk: parameters without a gradient, which plain DDP stops on."""
-    _, raw = _cfg(tmp_path, shared_cache, epochs=2, accelerator="cpu", warmup={"steps": 2})
+    the trunk: parameters without a gradient, which plain DDP stops on. ``uncertainty`` has
+    parameters outside the DDP model; the loop checks every epoch that the ranks hold the same
+    weights (and fails the run otherwise)."""
+    _, raw = _cfg(tmp_path, shared_cache, epochs=2, accelerator="cpu", warmup={"steps": 2},
+                  weighting={"name": "uncertainty"})
     raw["data"]["batch_size"] = 4
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump({**raw, "run_dir": str(tmp_path / "ddp")}))

@@ -247,6 +247,14 @@ class Trainer:
                 right[t][0] += k
                 right[t][1] += n
             bar.set_postfix({t: f"{s / max(n, 1):.3f}" for t, (s, n) in totals.items() if n}, refresh=False)
+        if self.fabric.world_size > 1:
+            # every rank saw its own slice: the epoch's numbers (history, dwa's loss ratios) are the sums
+            # over ranks, the same on each
+            both = self.fabric.all_reduce(torch.tensor([[*totals[t], *right[t]] for t in self.tasks],
+                                                       dtype=torch.float64, device=self.fabric.device),
+                                          reduce_op="sum").cpu()
+            totals = {t: [float(r[0]), int(r[1])] for t, r in zip(self.tasks, both)}
+            right = {t: [int(r[2]), int(r[3])] for t, r in zip(self.tasks, both)}
         # training accuracy of the running model (as the studies' tables report it), not a re-evaluation
         self.train_accuracy = {t: k / n for t, (k, n) in right.items() if n}
         return {t: (s / n if n else math.nan) for t, (s, n) in totals.items()}
@@ -287,6 +295,7 @@ class Trainer:
                 total = total + self.net.sharing_penalty()
                 self._check_finite({"total": total})
                 self.fabric.backward(total)
+                self._sync_weighting_grads()
             if tc.grad_rescale:
                 rows = {h: max((counts.get(t, 0) for t in head.task_names), default=0)
                         for h, head in self.net.heads.items()}
@@ -301,6 +310,27 @@ class Trainer:
                     p.requires_grad_(True)
         self.step += 1
         return {t: float(v.detach()) for t, v in means.items()}, counts, _correct(self.specs, outputs, labels, mask)
+
+    def _sync_weighting_grads(self) -> None:
+        """A weighting's own parameters (``uncertainty``'s log-variances) sit outside the DDP-wrapped
+        model: their gradients are averaged here, as DDP does for the model's."""
+        if self.fabric.world_size == 1:
+            return
+        for p in self.weighting.parameters():
+            if p.grad is not None:
+                p.grad.copy_(self.fabric.all_reduce(p.grad, reduce_op="mean"))
+
+    def _check_ranks_agree(self) -> None:
+        """Under DDP every rank must hold the same weights; a drift would go unseen (rank 0 alone
+        saves), so each epoch compares a checksum of model and weighting parameters across ranks."""
+        if self.fabric.world_size == 1:
+            return
+        sums = torch.stack([sum((p.detach().double().sum() for p in params), torch.zeros((), dtype=torch.float64))
+                            for params in (self.net.parameters(), self.weighting.parameters())])
+        every = self.fabric.all_gather(sums.to(self.fabric.device)).cpu()
+        if not torch.allclose(every, every[:1].expand_as(every), rtol=1e-9, atol=0.0):
+            raise TrainingError(f"DDP ranks hold different weights after epoch {self.epoch} (parameter sums per "
+                                f"rank, model and weighting: {every.tolist()}); this is a bug, please report it")
 
     def _warmup_lr(self, warming: bool) -> None:
         lr = self.cfg.train.warmup.lr
@@ -337,6 +367,7 @@ class Trainer:
         while self.epoch < tc.epochs:
             start = time.perf_counter()
             train_losses = self.train_epoch()
+            self._check_ranks_agree()
             metrics, _ = self.validate()
             monitor = monitor_value(metrics, self.specs, tc.early_stopping.monitor)
             self.weighting.epoch_end(self.epoch, train_losses)
