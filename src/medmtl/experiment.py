@@ -33,10 +33,10 @@ def _score_run(run_dir: Path, data, cfg, tasks, split: str, tta: bool, arm: str,
                dense: list | None = None):
     """Classification rows of ``tasks`` on ``split``; segmentation/detection rows go to ``dense``."""
     from medmtl.data.dataset import MultiTaskDataset
-    from medmtl.engine.predict import load_run
+    from medmtl.engine.predict import default_device, load_run
     from medmtl.evaluation.predictions import dense_rows, prediction_rows, split_scores
 
-    run_cfg, model, specs = load_run(run_dir)
+    run_cfg, model, specs = load_run(run_dir, device=default_device())
     specs = {s.name: s for s in specs}
     tasks = [t for t in tasks if t in specs]     # a single-task arm is scored on the task it learned
     if not tasks:

@@ -17,8 +17,13 @@ def _specs(saved: list[dict]):
             for d in saved]
 
 
-def load_run(run_dir: Path):
-    """(config, model in eval mode, task specs) of a run directory."""
+def default_device() -> torch.device:
+    """Where scoring runs: the GPU when there is one (training's device is Fabric's choice)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_run(run_dir: Path, device: str | torch.device = "cpu"):
+    """(config, model in eval mode on ``device``, task specs) of a run directory."""
     from medmtl.config import load_config
     from medmtl.engine import checkpoint as ckpt
     from medmtl.engine.loop import build_model
@@ -36,7 +41,7 @@ def load_run(run_dir: Path):
     cfg.model.trunk.kwargs = {**saved, **cfg.model.trunk.kwargs}
     model = build_model(cfg, specs)
     model.load_state_dict(state["model"])
-    return cfg, model.eval(), specs
+    return cfg, model.eval().to(device), specs
 
 
 @torch.no_grad()

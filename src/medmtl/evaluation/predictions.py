@@ -38,15 +38,18 @@ def split_scores(model, dataset, tasks: list[str], specs: dict, *, tta: bool = F
     from medmtl.data.dataset import collate
 
     model.eval()
+    device = next(model.parameters()).device      # scores run where the model is; results on the CPU
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     out = {t: {"y": [], "p": [], "item": []} for t in tasks if specs[t].kind in CLASSIFICATION}
     for batch in loader:
         mask = batch["label_mask"]
-        views = dihedral(batch["image"]) if tta else [batch["image"]]
+        on_device = {t: m.to(device) for t, m in mask.items()}
+        views = dihedral(batch["image"].to(device)) if tta else [batch["image"].to(device)]
         summed: dict[str, torch.Tensor] = {}
         rows_of: dict[str, torch.Tensor] = {}
         for i, view in enumerate(views):
-            for task, (output, rows) in model(view, label_mask=mask).items():
+            for task, (output, rows) in model(view, label_mask=on_device).items():
+                output, rows = output.float().cpu(), rows.cpu()
                 if task in out:
                     p = _scores(specs[task].kind, output.float())
                     summed[task] = summed.get(task, 0) + p

@@ -8,14 +8,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from medmtl.engine.predict import default_device
 from medmtl.errors import MedmtlError
 from medmtl.reports._layout import CLASSIFICATION, ID_COLUMNS
 
 log = logging.getLogger("medmtl.reports")
 
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_split(run_dir: Path, split: str = "test"):
@@ -29,7 +27,7 @@ def load_split(run_dir: Path, split: str = "test"):
     from medmtl.engine.predict import load_run
 
     run_dir = Path(run_dir)
-    cfg, model, specs = load_run(run_dir)
+    cfg, model, specs = load_run(run_dir, device=default_device())
     cfg.run_dir = run_dir
     data = prepare(cfg, progress=False)
     dataset = MultiTaskDataset(data, split, tasks=[s.name for s in specs], preset=cfg.data.augmentation,
@@ -77,7 +75,6 @@ def write_predictions(run_dir: str | Path, arm: str, seed: int, split: str = "te
     if skipped:
         log.info("predictions: tasks %s are not single-label classification; no per-image rows written", skipped)
     spec_map = {s.name: s for s in specs}
-    # split_scores runs where the model is: on the CPU, as load_run returns it
     scores = split_scores(model, dataset, list(spec_map), spec_map, tta=tta, batch_size=cfg.data.batch_size)
     new = prediction_rows(scores, dataset, dataset.data, spec_map, arm=arm, seed=int(seed), split=split)
     if new.empty:

@@ -177,11 +177,12 @@ def svm_transfer(ctx: ArmContext, task: str, pretrained, splits=("val", "test"))
 
     from medmtl.data.dataset import MultiTaskDataset
     from medmtl.engine.loop import build_model
+    from medmtl.engine.predict import default_device
 
     cfg = arm_config(ctx, [task], ctx.run_dir, pretrained=pretrained)
     spec = ctx.data.tasks[task]
     torch.manual_seed(ctx.seed)
-    trunk = build_model(cfg, [spec]).trunk.eval()
+    trunk = build_model(cfg, [spec]).trunk.eval().to(default_device())
     feats, sets = {}, {}
     from medmtl.engine.loop import _limit
 
@@ -211,9 +212,10 @@ def _features(trunk, dataset):
 
     xs, ys = [], []
     task = dataset.tasks[0]
+    device = next(trunk.parameters()).device
     with torch.no_grad():
         for batch in torch.utils.data.DataLoader(dataset, batch_size=128, collate_fn=collate):
-            xs.append(trunk(batch["image"]).numpy())
+            xs.append(trunk(batch["image"].to(device)).cpu().numpy())
             ys.append(batch["labels"][task].numpy())
     return np.concatenate(xs), np.concatenate(ys)
 
