@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from medmtl.engine.predict import default_device
 from medmtl.errors import MedmtlError
