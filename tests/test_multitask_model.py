@@ -75,11 +75,20 @@ def test_routed_outputs_do_not_depend_on_other_tasks_rows_in_eval_mode():
     assert torch.allclose(first, model(x)["a"][0][:2], atol=1e-6)   # same as the unrouted forward
 
 
-def test_a_multi_task_head_runs_on_rows_where_any_of_its_tasks_is_labelled():
+def test_a_multi_task_head_runs_on_rows_where_any_of_its_tasks_is_labelled_and_returns_each_its_own():
+    """The shared head runs once on rows {0, 2}; each task gets back only the rows it labels, the
+    same outputs the head computed for them (so no consumer has to filter a shared head's rows)."""
     tasks = [spec("sev", "multiclass", 3), spec("tis", "multiclass", 3, role="auxiliary")]
-    model = make_model(tasks, head_cfg={"mias": {"name": "aux_conditioned", "tasks": ["sev", "tis"]}})
-    out = model(torch.randn(4, 3, 32, 32), {"sev": mask(1, 0, 0, 0), "tis": mask(0, 0, 1, 0)})
-    assert out["sev"][1].tolist() == out["tis"][1].tolist() == [0, 2]
+    model = make_model(tasks, head_cfg={"mias": {"name": "aux_conditioned", "tasks": ["sev", "tis"]}}).eval()
+    seen = []
+    model.heads["mias"].register_forward_pre_hook(lambda mod, args: seen.append(len(args[0].pooled)))
+    x = torch.randn(4, 3, 32, 32)
+    out = model(x, {"sev": mask(1, 0, 0, 0), "tis": mask(0, 0, 1, 0)})
+    assert seen == [2]
+    assert out["sev"][1].tolist() == [0] and out["tis"][1].tolist() == [2]
+    both = model(x, {"sev": mask(1, 0, 1, 0), "tis": mask(1, 0, 1, 0)})
+    assert torch.allclose(out["sev"][0], both["sev"][0][:1]) and torch.allclose(out["tis"][0], both["tis"][0][1:])
+    assert set(model(x, {"sev": mask(0, 0, 0, 0), "tis": mask(0, 1, 0, 0)})) == {"tis"}
 
 
 def test_the_pyramid_is_computed_only_when_a_routed_head_needs_it(monkeypatch):

@@ -20,9 +20,6 @@ def predict_split(model, loader, specs: dict, device) -> dict[str, dict[str, np.
         preds = model(x, label_mask={t: m.to(device) for t, m in batch["label_mask"].items()})
         for task, (output, rows) in preds.items():
             rows = rows.cpu()
-            # a head serving several tasks is routed every row any of them labels: keep this task's own
-            keep = batch["label_mask"][task][rows].bool()
-            rows, output = rows[keep], output[keep.to(output.device)]
             spec = specs[task]
             out[task]["p"].append(_scores(spec.kind, output.float()).cpu().numpy())
             out[task]["y"].append(_targets(spec.kind, batch["labels"][task], rows, x.shape[-1]))

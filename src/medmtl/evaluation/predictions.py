@@ -58,11 +58,9 @@ def split_scores(model, dataset, tasks: list[str], specs: dict, *, tta: bool = F
                     _add_dense(dense, task, specs[task].kind, output, rows, batch)
         for task, total in summed.items():
             rows = rows_of[task]
-            # a head serving several tasks is routed every row any of them labels: keep this task's own
-            labelled = mask[task][rows].numpy().astype(bool)
-            out[task]["p"].append((total / len(views)).numpy()[labelled])
-            out[task]["y"].append(batch["labels"][task][rows].numpy()[labelled])
-            out[task]["item"].append(batch["index"][rows].numpy()[labelled])
+            out[task]["p"].append((total / len(views)).numpy())
+            out[task]["y"].append(batch["labels"][task][rows].numpy())
+            out[task]["item"].append(batch["index"][rows].numpy())
     if dense is not None:
         dense.update({t: {k: np.concatenate(v) for k, v in d.items()} for t, d in dense.items()})
     return {t: {k: np.concatenate(v) if v else np.zeros(0) for k, v in d.items()} for t, d in out.items()}
@@ -138,9 +136,7 @@ def _add_dense(dense: dict, task: str, kind: str, output: torch.Tensor, rows: to
     """Append one batch's per-image metrics of ``task`` to ``dense`` (lists, concatenated at the end)."""
     from medmtl.engine.validate import _targets
 
-    keep = batch["label_mask"][task][rows].bool()    # a multi-task head's rows may lack this task's label
-    rows = rows[keep]
-    p = _scores(kind, output[keep].float()).numpy()
+    p = _scores(kind, output.float()).numpy()
     y = _targets(kind, batch["labels"][task], rows, batch["image"].shape[-1])
     for k, v in {"item": batch["index"][rows].numpy(), **per_image_metrics(kind, y, p)}.items():
         dense.setdefault(task, {}).setdefault(k, []).append(v)

@@ -87,12 +87,14 @@ class MultiTaskModel(nn.Module):
 
         Returns:
             ``{task: (output, rows)}`` where ``rows`` (long, on ``x``'s device) are the batch rows
-            ``output`` covers, in batch order. Tasks of heads with no routed row are absent.
+            ``output`` covers, in batch order: the rows labelled for that task (every row when
+            ``label_mask`` is None). A head serving several tasks runs on the rows any of them
+            labels (its tasks' outputs may depend on each other); each task then gets its own
+            rows. Tasks without a labelled row are absent.
         """
         routes = self.route(label_mask, x.shape[0], x.device)
-        if self.sharing == "hard":
-            return self._forward_hard(x, routes)
-        return self._forward_soft(x, routes)
+        out = self._forward_hard(x, routes) if self.sharing == "hard" else self._forward_soft(x, routes)
+        return out if label_mask is None else _own_rows(out, label_mask)
 
     def route(self, label_mask: Mapping[str, torch.Tensor] | None, batch_size: int,
               device: torch.device) -> dict[str, torch.Tensor]:
@@ -184,6 +186,20 @@ def trunk_features(trunk: nn.Module, x: torch.Tensor, need_pyramid: bool) -> Fea
         pyramid = trunk.forward_pyramid(x)
         return Features(pyramid[-1].mean(dim=(2, 3)), pyramid, tuple(x.shape[-2:]))
     return Features(trunk(x), None, tuple(x.shape[-2:]))
+
+
+def _own_rows(out: Outputs, label_mask: Mapping[str, torch.Tensor]) -> Outputs:
+    """Each task's output restricted to the rows it labels (a shared head ran on the union)."""
+    own: Outputs = {}
+    for task, (output, rows) in out.items():
+        if task not in label_mask:
+            continue
+        keep = torch.as_tensor(label_mask[task]).to(rows.device)[rows].bool()
+        if bool(keep.all()):
+            own[task] = (output, rows)
+        elif bool(keep.any()):
+            own[task] = (output[keep], rows[keep])
+    return own
 
 
 def _check_mask(mask: torch.Tensor, task: str, batch_size: int) -> torch.Tensor:
