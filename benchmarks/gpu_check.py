@@ -1,0 +1,161 @@
+"""The checks that need a CUDA GPU, prepared so that a short lease of one suffices.
+
+Two steps, because the GPU machine of this workplace reaches no network and gets only the repo:
+
+1. Here (any machine with PyPI):  ``python benchmarks/gpu_check.py bundle``
+   writes ``.gpu/`` (git-ignored; name it in the device call's ``carry``): wheels (CPython 3.12, manylinux) of the dependencies the GPU
+   image lacks, and the MedMNIST files the engine tests read. About 12 MB.
+2. There (repo root, ``.gpu`` carried):  ``python3 benchmarks/gpu_check.py check --out DIR``
+   installs the wheels into /tmp/site and runs, on the GPU:
+   - the engine and model tests (``accelerator: auto`` picks CUDA): fp16 loss scaling equal to the
+     float32 step, overflow skipped and the loss scale resumed, bf16, same seed -> same numbers
+     and kill -9 + ``--resume`` -> same weights (deterministic kernels), routing, warm-up;
+   - a two-task MedMNIST training at 32-true, 16-mixed and bf16-mixed (time, validation AUC).
+   Logs and ``gpu_check.json`` land in DIR.
+
+A plain machine with CUDA and ``pip install -e .[test]`` done runs step 2 with ``--no-install``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / ".gpu"
+# what medmtl's import path and the engine tests need beyond the GPU image's packages (torch,
+# lightning, timm, typer, pandas, scikit-learn, scipy, pillow, pyyaml, tqdm, pytest are there)
+WHEELS = ["pydantic==2.14.4", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions",
+          "imagehash==4.3.2", "pywavelets", "torchjd==0.18.0"]
+DATA = ["medmnist/breastmnist.npz", "medmnist/retinamnist.npz"]
+TESTS = ["tests/test_engine.py", "tests/test_multitask_model.py"]
+DESELECT = "not mlflow and not busi_batch"   # mlflow is not bundled; BUSI does not travel
+PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
+
+
+def bundle(data_root: Path) -> None:
+    wheels = BUNDLE / "whl"
+    shutil.rmtree(BUNDLE, ignore_errors=True)
+    wheels.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+           "--python-version", "3.12", "--implementation", "cp", *[f"--platform={p}" for p in PLATFORMS],
+           "-d", str(wheels), *_resolved(WHEELS)]
+    subprocess.run(cmd, check=True)
+    for rel in DATA:
+        src = data_root / rel
+        if not src.is_file():
+            raise SystemExit(f"{src} not found: set MEDMTL_DATA to the shared datasets")
+        (BUNDLE / "data" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, BUNDLE / "data" / rel)
+    size = sum(p.stat().st_size for p in BUNDLE.rglob("*") if p.is_file())
+    print(f"{BUNDLE}: {len(list(wheels.iterdir()))} wheels and {len(DATA)} data files, {size / 2**20:.1f} MiB")
+
+
+def _resolved(specs: list[str]) -> list[str]:
+    """Pin unpinned names to the version installed here (the versions the tests ran with)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for spec in specs:
+        if "==" in spec:
+            out.append(spec)
+            continue
+        try:
+            out.append(f"{spec}=={version(spec)}")
+        except PackageNotFoundError:
+            out.append(spec)
+    return out
+
+
+def _env(install: bool) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    paths = [str(REPO / "src")]
+    if install:
+        site = Path("/tmp/site")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                        "--no-cache-dir", "--upgrade", "--target", str(site),
+                        *map(str, sorted((BUNDLE / "whl").glob("*.whl")))], check=True)
+        paths.insert(0, str(site))
+    env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    if (BUNDLE / "data").is_dir():
+        env["MEDMTL_DATA"] = str(BUNDLE / "data")
+    return env
+
+
+def _train(precision: str, out: Path, epochs: int, steps: int) -> dict:
+    """Two MedMNIST tasks on the default accelerator; seconds and validation AUC."""
+    from medmtl.config import parse_config
+    from medmtl.data.pipeline import prepare
+    from medmtl.engine.loop import fit
+
+    tasks = [
+        {"name": "breastmnist", "kind": "binary", "classes": ["malignant", "normal_or_benign"], "target": "label",
+         "reader": {"name": "medmnist", "path": "${MEDMTL_DATA}/medmnist/breastmnist.npz"},
+         "image": {"size": 28, "mode": "L"}, "split": {"method": "official"}},
+        {"name": "retinamnist", "kind": "ordinal", "classes": ["0", "1", "2", "3", "4"], "target": "label",
+         "reader": {"name": "medmnist", "path": "${MEDMTL_DATA}/medmnist/retinamnist.npz"},
+         "image": {"size": 28, "mode": "RGB"}, "split": {"method": "official"}},
+    ]
+    cfg = parse_config({
+        "name": f"gpu-{precision}", "seed": 0, "cache_dir": str(out / "cache"), "run_dir": str(out / precision),
+        "tasks": tasks, "leakage": {"policy": "off"},
+        "data": {"size": 32, "batch_size": 64, "sampler": "balanced", "augmentation": "s0"},
+        "model": {"trunk": {"name": "resnext29", "kwargs": {"width": 0.25}}},
+        "train": {"epochs": epochs, "steps_per_epoch": steps, "precision": precision, "mlflow": False,
+                  "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "scheduler": {"name": "cosine"}},
+    })
+    data = prepare(cfg, progress=False)
+    start = time.perf_counter()
+    result = fit(cfg, data, cfg.run_dir, progress=False)
+    return {"seconds": round(time.perf_counter() - start, 1),
+            "val_auc": {t: round(float(m["auc"]), 4) for t, m in result.val_metrics.items()}}
+
+
+def check(out: Path, install: bool, epochs: int = 4, steps: int = 60) -> int:
+    import torch  # the GPU image's torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    env = _env(install)
+    summary = {"cuda": torch.cuda.is_available(),
+               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+               "torch": torch.__version__}
+    print(json.dumps(summary), flush=True)
+    with open(out / "tests.log", "w") as log:
+        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", DESELECT,
+                                *TESTS], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    summary["tests_exit"] = tests.returncode
+    print((out / "tests.log").read_text().strip().splitlines()[-1], flush=True)
+    sys.path[:0] = [p for p in env["PYTHONPATH"].split(os.pathsep) if p]
+    os.environ["MEDMTL_DATA"] = env.get("MEDMTL_DATA", os.environ.get("MEDMTL_DATA", ""))
+    summary["train"] = {}
+    for precision in ("32-true", "16-mixed", "bf16-mixed"):
+        summary["train"][precision] = _train(precision, out, epochs, steps)
+        print(precision, json.dumps(summary["train"][precision]), flush=True)
+    (out / "gpu_check.json").write_text(json.dumps(summary, indent=2))
+    return tests.returncode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="step", required=True)
+    b = sub.add_parser("bundle", help="download the wheels and copy the data into .gpu/ (needs PyPI)")
+    b.add_argument("--data", type=Path, default=Path(os.environ.get("MEDMTL_DATA", REPO.parent / "shared" / "datasets")))
+    c = sub.add_parser("check", help="run the GPU checks (on the GPU machine)")
+    c.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "runs" / "gpu_check")))
+    c.add_argument("--no-install", action="store_true", help="use the installed packages, not .gpu/whl")
+    c.add_argument("--epochs", type=int, default=4, help="epochs of each timed training")
+    c.add_argument("--steps", type=int, default=60, help="steps per epoch of each timed training")
+    args = parser.parse_args()
+    if args.step == "bundle":
+        bundle(args.data)
+    else:
+        sys.exit(check(args.out, install=not args.no_install, epochs=args.epochs, steps=args.steps))
+
+
+if __name__ == "__main__":
+    main()
