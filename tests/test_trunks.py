@@ -257,6 +257,35 @@ def test_imagenet_for_other_timm_models_offline_names_what_works(monkeypatch):
     assert calls  # the failure came from the (simulated) download, not from an earlier check
 
 
+def test_imagenet_for_other_timm_models_downloads_through_timm(tmp_path, monkeypatch):
+    """Online, ``pretrained: imagenet`` for a timm name is timm's own download and load: here
+    against a real local HTTP server (the weights' URL overlaid on timm's config), into an empty
+    torch hub cache; the trunk then holds the served weights."""
+    import functools
+    import http.server
+    import threading
+
+    torch.manual_seed(1)
+    served = timm.create_model("resnet18").state_dict()
+    (tmp_path / "www").mkdir()
+    torch.save(served, tmp_path / "www" / "resnet18-local.pth")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/resnet18-local.pth"
+        trunk = create_trunk("resnet18", pretrained="imagenet",
+                             pretrained_cfg_overlay={"url": url, "hf_hub_id": None, "source": None})
+    finally:
+        server.shutdown()
+    assert list((tmp_path / "torch_home").rglob("resnet18-local.pth"))       # downloaded, cached
+    got = trunk.state_dict()
+    conv = next(k for k in got if k.endswith("conv1.weight"))
+    torch.testing.assert_close(got[conv], served["conv1.weight"], rtol=0, atol=0)
+    assert trunk.pretrained_cfg["source"].startswith("timm:resnet18")
+
+
 def test_alexnet_imagenet_is_refused_offline():
     with pytest.raises(ValueError, match=r"trunk 'alexnet' has no pretrained='imagenet' weights offline "
                                          r"\(torchvision's AlexNet weights need a download.*efficientnet_lite0"):
