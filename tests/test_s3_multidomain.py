@@ -152,6 +152,9 @@ def test_s3_end_to_end_small(tmp_path, shared_cache, monkeypatch):
     data = json.loads((out / "results/data.json").read_text())
     assert data["busi"]["cross_duplicates"]["breastmnist"] > 600                 # BreastMNIST = BUSI copies
     assert data["breastmnist"]["cross_duplicates"]["busi"] > 600
-    assert "Data and cross-dataset leakage guard" in md
+    # one data row per fold (splits differ by fold): each BUSI image is tested in exactly one of them
+    folds = data["busi"]["folds"]
+    assert len(folds) == 2 and sum(sum(f["splits"]["test"].values()) for f in folds) == 647
+    assert "Data and cross-dataset leakage guard" in md and "| busi, fold 2 |" in md
     html = (out / "report/report.html").read_text()
     assert "coloured by domain" in html and "ROC: busi, image level" in html

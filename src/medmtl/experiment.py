@@ -137,7 +137,7 @@ def _run_experiment(cfg, *, quick: bool, progress: bool) -> Path:
     for name, app in apps.items():
         acfg = application_config(cfg, name, app) if app is not None else cfg
         app_dir = run_dir / "applications" / name if name else run_dir
-        pred, data = _run_comparison(acfg, app_dir, progress)
+        pred, data, summary = _run_comparison(acfg, app_dir, progress)
         preds.append(pred.assign(application=name) if name else pred)
         _merge(metrics, metrics_of(pred, data))
         app_dense = dense_predictions(acfg, app_dir)
@@ -146,7 +146,7 @@ def _run_experiment(cfg, *, quick: bool, progress: bool) -> Path:
 
             dense.append(app_dense.assign(application=name) if name else app_dense)
             _merge(metrics, dense_metrics_of(app_dense))
-        summaries.update(data_summary(data))
+        summaries.update(summary)
     pred = pd.concat(preds, ignore_index=True)
     results = run_dir / "results"
     results.mkdir(parents=True, exist_ok=True)
@@ -164,7 +164,8 @@ def _run_experiment(cfg, *, quick: bool, progress: bool) -> Path:
 
 
 def _run_comparison(cfg, run_dir: Path, progress: bool):
-    """Prediction rows of every arm and seed on one main task, and the prepared data."""
+    """Prediction rows of every arm and seed on one main task, the prepared data (the last fold's
+    under CV) and the data summary for the report (per fold under CV)."""
     from medmtl.data.pipeline import prepare
 
     exp = cfg.experiment
@@ -174,7 +175,7 @@ def _run_comparison(cfg, run_dir: Path, progress: bool):
     if exp.cv is not None:
         return run_cv(cfg, run_dir, progress)
     data = prepare(cfg, progress=progress)
-    return run_arms(cfg, data, run_dir, exp.arms, exp.seeds), data
+    return run_arms(cfg, data, run_dir, exp.arms, exp.seeds), data, data_summary(data)
 
 
 def application_config(cfg, name: str, app):
@@ -311,13 +312,16 @@ def run_cv(cfg, run_dir: Path, progress: bool):
     (run_dir / "cv" / "candidates.json").write_text(json.dumps(
         {"chosen": chosen, "candidates": {k: {"val_auc_per_fold": v[2], "std": v[0], "mean": -v[1]}
                                           for k, v in spread.items()}}, indent=2))
-    frames = []
+    frames, folds = [], []
     for f in range(cv.n_splits):
         fcfg = _fold_config(cfg, chosen, f)
         data = prepare(fcfg, progress=progress)
         pred = run_arms(fcfg, data, run_dir / "cv" / f"candidate{chosen}" / f"fold{f}", exp.arms, exp.seeds)
         frames.append(pred.assign(fold=f))
-    return pd.concat(frames, ignore_index=True), data
+        folds.append(data_summary(data))
+    # splits and leakage-guard removals differ from fold to fold: the report lists each
+    summary = {task: {**folds[0][task], "folds": [fold[task] for fold in folds]} for task in folds[0]}
+    return pd.concat(frames, ignore_index=True), data, summary
 
 
 def _score_outcome(outcome, arm, seed, data, cfg, arm_dir: Path) -> dict:

@@ -14,7 +14,9 @@ def data_section(inputs) -> Section | None:
         return None
     tasks = json.loads(path.read_text())
     rows, removed_any = [], False
-    for name, t in tasks.items():
+    per_fold = [(f"{name}, fold {k + 1}", fold) for name, t in tasks.items() for k, fold in enumerate(t["folds"])
+                ] if any("folds" in t for t in tasks.values()) else list(tasks.items())
+    for name, t in per_fold:
         counts = {s: sum(c.values()) for s, c in (t.get("splits") or {}).items()}
         copies = t.get("cross_duplicates") or {}
         excluded = t.get("excluded_from_training") or {}
@@ -30,6 +32,9 @@ def data_section(inputs) -> Section | None:
     guard = any("cross_duplicates" in t for t in tasks.values())
     text = ["Images per split (labelled for the task) after de-duplication; 'train' counts what training "
             "may use, after the leakage guard removed copies of evaluation images."]
+    if len(per_fold) > len(tasks):
+        text.append("Cross-validation: one row per task and fold of the representative split; every image of "
+                    "the main task is tested in exactly one fold.")
     limits = ((inputs.config or {}).get("data") or {})
     subset = [f"{what} limited to {limits[key]} images per task (a seeded subset)"
               for key, what in (("limit_train", "training"), ("limit_eval", "validation (model selection and "
