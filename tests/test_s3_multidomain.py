@@ -158,3 +158,4 @@ def test_s3_end_to_end_small(tmp_path, shared_cache, monkeypatch):
     assert "Data and cross-dataset leakage guard" in md and "| busi, fold 2 |" in md
     html = (out / "report/report.html").read_text()
     assert "coloured by domain" in html and "ROC: busi, image level" in html
+    assert "Training curves: freeze/freeze=3" in html          # a sweep's models get their own curves

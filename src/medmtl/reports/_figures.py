@@ -119,6 +119,8 @@ def curve_figures(inputs: Inputs) -> list[Figure]:
 
     figures = []
     for arm in inputs.arms:
+        if any(a.startswith(f"{arm}/") for a in inputs.arm_dirs):
+            continue       # a sweep: its sub-arms get the curves, one each
         histories = {}
         for seed, path in inputs.arm_dirs.get(arm, {}).items():
             run = path if (path / "history.csv").is_file() else model_run(path)

@@ -174,6 +174,12 @@ def _arm_dirs(run_dir: Path, config: dict | None) -> dict[str, dict[int, Path]]:
             seeds = {int(m.group(1)): p for p in arm.iterdir() if (m := re.fullmatch(r"seed(\d+)", p.name))}
             if seeds:
                 out[arm.name] = dict(sorted(seeds.items()))
+            # an arm of several models (a freeze sweep) is scored as sub-arms "arm/key": their runs
+            for seed, path in sorted(seeds.items()):
+                runs = (_read_json_or_none(path / "done.json") or {}).get("runs") or {}
+                for key, run in runs.items():
+                    if key:
+                        out.setdefault(f"{arm.name}/{key}", {})[seed] = Path(run)
     elif (run_dir / "history.csv").is_file() or (run_dir / "checkpoints").is_dir():
         # a plain training run: one arm, named after the experiment, with the run's seed
         name = str((config or {}).get("name") or "run")
