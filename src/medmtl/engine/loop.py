@@ -458,7 +458,6 @@ class Trainer:
         log_epoch(self.cfg, self.run_dir, row)
 
 
-@torch.no_grad()
 def set_determinism(deterministic: bool) -> None:
     """Deterministic kernels or the fastest ones (Fabric, unlike Lightning's Trainer, has no switch).
 
@@ -496,6 +495,7 @@ def _check_fabric_options(tc, weighting_meta: dict) -> None:
             "choose a loss weighting such as 'mean', 'main_aux' or 'uncertainty'")
 
 
+@torch.no_grad()
 def _correct(specs: dict, outputs, labels, mask) -> dict[str, tuple[int, int]]:
     """(right, labelled) argmax predictions per single-label classification task of one batch."""
     out = {}

@@ -51,7 +51,7 @@ def split_scores(model, dataset, tasks: list[str], specs: dict, *, tta: bool = F
             for task, (output, rows) in model(view, label_mask=on_device).items():
                 output, rows = output.float().cpu(), rows.cpu()
                 if task in out:
-                    p = _scores(specs[task].kind, output.float())
+                    p = _scores(specs[task].kind, output)
                     summed[task] = summed.get(task, 0) + p
                     rows_of[task] = rows
                 elif dense is not None and i == 0 and task in tasks and specs[task].kind in DENSE_METRICS:
