@@ -3,14 +3,16 @@
 Two steps, because the GPU machine of this workplace reaches no network and gets only the repo:
 
 1. Here (any machine with PyPI):  ``python benchmarks/gpu_check.py bundle``
-   writes ``.gpu/`` (git-ignored; name it in the device call's ``carry``): wheels (CPython 3.12, manylinux) of the dependencies the GPU
-   image lacks, and the MedMNIST files the engine tests read. About 12 MB.
+   writes ``.gpu/`` (git-ignored; name it in the device call's ``carry``): wheels (CPython 3.12,
+   manylinux) of the dependencies the GPU image lacks, and the MedMNIST files the engine tests
+   read (11 MiB here).
 2. There (repo root, ``.gpu`` carried):  ``python3 benchmarks/gpu_check.py check --out DIR``
    installs the wheels into /tmp/site and runs, on the GPU:
    - the engine and model tests (``accelerator: auto`` picks CUDA): fp16 loss scaling equal to the
      float32 step, overflow skipped and the loss scale resumed, bf16, same seed -> same numbers
      and kill -9 + ``--resume`` -> same weights (deterministic kernels), routing, warm-up;
-   - a two-task MedMNIST training at 32-true, 16-mixed and bf16-mixed (time, validation AUC).
+   - experiments/mtl_medmnist_pcam.yaml without PCam at 32-true, 16-mixed and bf16-mixed (time,
+     validation AUC).
    Logs and ``gpu_check.json`` land in DIR.
 
 A plain machine with CUDA and ``pip install -e .[test]`` done runs step 2 with ``--no-install``.
@@ -88,27 +90,19 @@ def _env(install: bool) -> dict:
 
 
 def _train(precision: str, out: Path, epochs: int, steps: int) -> dict:
-    """Two MedMNIST tasks on the default accelerator; seconds and validation AUC."""
+    """experiments/mtl_medmnist_pcam.yaml without PCam (its images do not travel), on the default
+    accelerator at ``precision``; seconds and validation AUC."""
+    import yaml
+
     from medmtl.config import parse_config
     from medmtl.data.pipeline import prepare
     from medmtl.engine.loop import fit
 
-    tasks = [
-        {"name": "breastmnist", "kind": "binary", "classes": ["malignant", "normal_or_benign"], "target": "label",
-         "reader": {"name": "medmnist", "path": "${MEDMTL_DATA}/medmnist/breastmnist.npz"},
-         "image": {"size": 28, "mode": "L"}, "split": {"method": "official"}},
-        {"name": "retinamnist", "kind": "ordinal", "classes": ["0", "1", "2", "3", "4"], "target": "label",
-         "reader": {"name": "medmnist", "path": "${MEDMTL_DATA}/medmnist/retinamnist.npz"},
-         "image": {"size": 28, "mode": "RGB"}, "split": {"method": "official"}},
-    ]
-    cfg = parse_config({
-        "name": f"gpu-{precision}", "seed": 0, "cache_dir": str(out / "cache"), "run_dir": str(out / precision),
-        "tasks": tasks, "leakage": {"policy": "off"},
-        "data": {"size": 32, "batch_size": 64, "sampler": "balanced", "augmentation": "s0"},
-        "model": {"trunk": {"name": "resnext29", "kwargs": {"width": 0.25}}},
-        "train": {"epochs": epochs, "steps_per_epoch": steps, "precision": precision, "mlflow": False,
-                  "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}, "scheduler": {"name": "cosine"}},
-    })
+    raw = yaml.safe_load((REPO / "experiments" / "mtl_medmnist_pcam.yaml").read_text())
+    raw["tasks"] = [t for t in raw["tasks"] if t["name"] != "pcam"]
+    raw.update(name=f"gpu-{precision}", cache_dir=str(out / "cache"), run_dir=str(out / precision))
+    raw["train"].update(epochs=epochs, steps_per_epoch=steps, precision=precision, mlflow=False)
+    cfg = parse_config(raw, "experiments/mtl_medmnist_pcam.yaml for the GPU check")
     data = prepare(cfg, progress=False)
     start = time.perf_counter()
     result = fit(cfg, data, cfg.run_dir, progress=False)

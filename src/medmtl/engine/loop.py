@@ -311,7 +311,7 @@ class Trainer:
                 for p in trunk_params:
                     p.requires_grad_(True)
         self.step += 1
-        return {t: float(v.detach()) for t, v in means.items()}, counts, _correct(self.specs, outputs, labels, mask)
+        return {t: float(v.detach()) for t, v in means.items()}, counts, _correct(self.specs, outputs, labels)
 
     def _sync_weighting_grads(self) -> None:
         """A weighting's own parameters (``uncertainty``'s log-variances) sit outside the DDP-wrapped
@@ -496,15 +496,15 @@ def _check_fabric_options(tc, weighting_meta: dict) -> None:
 
 
 @torch.no_grad()
-def _correct(specs: dict, outputs, labels, mask) -> dict[str, tuple[int, int]]:
-    """(right, labelled) argmax predictions per single-label classification task of one batch."""
+def _correct(specs: dict, outputs, labels) -> dict[str, tuple[int, int]]:
+    """(right, labelled) argmax predictions per single-label classification task of one batch
+    (the model returns each task only the rows it labels)."""
     out = {}
     for task, (output, rows) in outputs.items():
         if specs[task].kind not in ("binary", "multiclass", "ordinal"):
             continue
-        keep = mask[task][rows]
-        pred = output.detach()[keep].argmax(dim=1)
-        out[task] = (int((pred == labels[task][rows][keep]).sum()), int(keep.sum()))
+        pred = output.argmax(dim=1)
+        out[task] = (int((pred == labels[task][rows]).sum()), len(rows))
     return out
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from medmtl.reports._figures import Figure, _colours, encode, new_figure
 from medmtl.reports._layout import CLASSIFICATION
-from medmtl.reports.predictions import default_device
+from medmtl.engine.predict import default_device
 
 log = logging.getLogger("medmtl.reports")
 

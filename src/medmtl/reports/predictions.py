@@ -14,7 +14,6 @@ from medmtl.reports._layout import CLASSIFICATION, ID_COLUMNS
 log = logging.getLogger("medmtl.reports")
 
 
-
 def load_split(run_dir: Path, split: str = "test"):
     """(config, model in eval mode, task specs, dataset of ``split``) of a finished run.
 
