@@ -169,7 +169,7 @@ def grid_ratio(n_trials: int = 8, steps: int = 48000) -> float:
     (~60 s each on 2 cores) because Ray's fixed cost (~12 s to start Ray, Tune and the trial
     processes, and to stop them) must stay small next to the grid.
     """
-    from medmtl.grid import expand_grid, run_grid
+    from medmtl.execution import expand_grid, run_grid
 
     trials = expand_grid({"seed": 0, "steps": steps}, {"seed": list(range(n_trials))})
     elapsed, losses = {}, {}

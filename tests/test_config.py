@@ -20,6 +20,7 @@ from medmtl.config import load_config
 from medmtl.config.loader import parse_config
 from medmtl.data.readers import READERS
 from medmtl.errors import ConfigError
+from medmtl.protocols import check_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -161,17 +162,18 @@ def test_binary_task_with_three_classes(tmp_path, ds):
     ({"fractions": [1.2, -0.1, -0.1]}, r"tasks\[0\]\.split: fractions .* must be >= 0"),
     ({"fractions": [0.5, 0.5]}, r"tasks\[0\]\.split\.fractions\[2\]: required"),
     ({"method": "kfold", "n_splits": 5, "fold": 5}, r"tasks\[0\]\.split: fold=5 must be < n_splits=5"),
-    ({"method": "random"}, r"tasks\[0\]\.split\.method: .*'official', 'holdout' or 'kfold'"),
+    ({"method": "random"}, r"tasks\[0\]\.split\.method: 'random' is not a registered split method; choose one of "
+                           r"\['holdout', 'kfold', 'official'\]"),
 ])
 def test_bad_split_settings(tmp_path, ds, split, message):
     with pytest.raises(ConfigError, match=message):
-        parse_config(experiment(tmp_path, [task("a", ds, split=split)]))
+        check_config(parse_config(experiment(tmp_path, [task("a", ds, split=split)])))
 
 
 def test_bad_task_name_and_metric(tmp_path, ds):
     with pytest.raises(ConfigError, match=r"tasks\[0\]\.name: task names are lowercase snake_case"):
         parse_config(experiment(tmp_path, [task("Brain-Tumor", ds)]))
-    with pytest.raises(ConfigError, match=r"tasks\[0\]: metric='acc' is not known"):
+    with pytest.raises(ConfigError, match=r"tasks\[0\]: metric='acc' is not a registered metric; choose one of \['accuracy', 'auc'"):
         parse_config(experiment(tmp_path, [task("a", ds, metric="acc")]))
 
 

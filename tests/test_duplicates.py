@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medmtl.data.duplicates import (count_groups, duplicate_groups, near_pairs, near_pairs_bruteforce,
-                                    zscore_thumbs)
+from medmtl.data.duplicates import count_groups, duplicate_groups, near_pairs, near_pairs_bruteforce, zscore_thumbs
 
 
 @pytest.mark.parametrize("max_distance", [0, 1, 3, 4, 7])

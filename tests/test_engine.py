@@ -128,9 +128,9 @@ def test_freeze_stages_keeps_the_first_stage(tmp_path, shared_cache, medmnist_da
 
 
 def test_nan_loss_stops_with_step_task_and_checkpoint(tmp_path, shared_cache, medmnist_data, monkeypatch):
-    import medmtl.mtl.losses as losses
+    import medmtl.engine.loop as loop
 
-    real = losses.compute_losses
+    real = loop.compute_losses
     calls = {"n": 0}
 
     def poisoned(specs, outputs, batch):
@@ -140,7 +140,7 @@ def test_nan_loss_stops_with_step_task_and_checkpoint(tmp_path, shared_cache, me
             out["retinamnist"] = out["retinamnist"] * float("nan")
         return out
 
-    monkeypatch.setattr(losses, "compute_losses", poisoned)
+    monkeypatch.setattr(loop, "compute_losses", poisoned)
     cfg, _ = _cfg(tmp_path, shared_cache, epochs=3)
     with pytest.raises(TrainingError, match=r"task 'retinamnist' is nan at step \d+ .*last good checkpoint: .*last.ckpt"):
         fit(cfg, medmnist_data, tmp_path / "run", progress=False)
@@ -167,12 +167,12 @@ def test_bn_adaptation_keeps_eval_outputs(tmp_path, shared_cache, medmnist_data)
 def test_mlflow_store_in_run_dir_and_predict_cli(tmp_path, shared_cache, medmnist_data):
     from typer.testing import CliRunner
 
-    from medmtl.api import save_resolved_config
     from medmtl.cli import app
+    from medmtl.config import save_config
 
     cfg, _ = _cfg(tmp_path, shared_cache, epochs=1, mlflow=True)
     run = tmp_path / "run"
-    save_resolved_config(cfg, run)
+    save_config(cfg, run)
     fit(cfg, medmnist_data, run, progress=False)
     assert (run / "mlflow.db").is_file() and (run / "mlflow_run_id").is_file()
     img = tmp_path / "x.png"

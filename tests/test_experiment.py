@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 
 from medmtl.config import parse_config
-from medmtl.experiment import run_experiment
-from medmtl.transfer.strategies import STRATEGIES
+from medmtl.protocols import STRATEGIES, run_experiment
 from tests.test_engine import _cfg
 
 
@@ -37,9 +36,6 @@ def test_strategy_registry_is_pinned():
 
 
 def test_every_strategy_writes_the_results_layout(tmp_path, shared_cache, monkeypatch):
-    import medmtl.experiment as experiment
-
-    monkeypatch.setattr(experiment, "_report", lambda run_dir: None)   # the report has its own test
     cfg = _experiment(tmp_path, shared_cache)
     out = run_experiment(cfg, quick=True, progress=False)
     pred = pd.read_csv(out / "results/predictions.csv")
@@ -71,12 +67,12 @@ def test_unknown_main_task_is_a_config_error(tmp_path, shared_cache):
 
     cfg = _experiment(tmp_path, shared_cache)
     cfg.experiment.main_task = "busi"
-    with pytest.raises(ConfigError, match="experiment.main_task='busi' is not a task"):
+    with pytest.raises(ConfigError, match=r"experiment.main_task: 'busi' is not a declared task"):
         run_experiment(cfg, progress=False)
 
 
 def test_group_level_scores_are_the_mean_of_their_images():
-    from medmtl.experiment import aggregate_groups
+    from medmtl.evaluation.groups import aggregate_groups
 
     rows = pd.DataFrame({"group": ["a", "a", "b"], "y_true": [1, 1, 0], "score_0": [0.2, 0.4, 0.9],
                          "score_1": [0.8, 0.6, 0.1]})
@@ -109,10 +105,8 @@ def test_cross_validation_on_a_representative_split(tmp_path, shared_cache):
 def test_arms_run_as_parallel_trials_in_dependency_waves(tmp_path, shared_cache, monkeypatch):
     """``--workers 2``: arms x seeds as Ray trials, source arms in an earlier wave, same scores as a
     sequential run, and a second run trains nothing again."""
-    import medmtl.experiment as experiment
-    from medmtl.grid.arms import waves
+    from medmtl.protocols.comparison import waves
 
-    monkeypatch.setattr(experiment, "_report", lambda run_dir: None)
     cfg = _experiment(tmp_path, shared_cache)
     raw = cfg.model_dump(mode="json")
     raw["experiment"]["tta"] = False

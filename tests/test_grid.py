@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from medmtl.config import set_dotted
 from medmtl.errors import ConfigError
-from medmtl.grid import Trial, expand_grid, run_grid, set_dotted
+from medmtl.execution import Trial, expand_grid, run_grid
 
 BASE = {"seed": 0, "train": {"epochs": 1, "optimizer": {"lr": 0.1, "momentum": 0.9}}, "calls": ""}
 
@@ -98,7 +99,7 @@ def test_set_dotted_creates_a_leaf_but_never_a_parent():
     assert config["train"]["optimizer"] == {"lr": 0.1, "weight_decay": 1e-4}
     with pytest.raises(ConfigError, match=r"grid axis 'train\.optimiser\.lr': 'train\.optimiser' does not exist.*"
                                           r"did you mean 'optimizer'"):
-        set_dotted(config, "train.optimiser.lr", 0.01)
+        set_dotted(config, "train.optimiser.lr", 0.01, what="grid axis")
     with pytest.raises(ConfigError, match=r"'train\.optimizer\.lr' holds a float, not a mapping"):
         set_dotted(config, "train.optimizer.lr.value", 0.01)
 
@@ -156,7 +157,7 @@ def test_failing_trial_is_listed_with_its_error_and_retried(tmp_path, caplog):
     flag = tmp_path / "fail.flag"
     flag.touch()
     trials = expand_grid(_base(tmp_path, fail_flag=str(flag)), {"train.optimizer.lr": [0.1, 0.01], "seed": [0, 1]})
-    with caplog.at_level(logging.WARNING, logger="medmtl.grid"):
+    with caplog.at_level(logging.WARNING, logger="medmtl.execution"):
         records = run_grid(trials, flaky_trial, tmp_path / "grid", progress=False)
     failed = [r for r in records if r["status"] == "failed"]
     assert [r["name"] for r in failed] == ["lr=0.1,seed=1", "lr=0.01,seed=1"]

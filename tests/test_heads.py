@@ -6,7 +6,7 @@ import timm
 import torch
 
 from medmtl.data.pipeline import TaskSpec
-from medmtl.models.heads import HEADS, Features, to_probabilities
+from medmtl.models.heads import HEADS, Features, HeadInfo, to_probabilities
 from medmtl.models.trunks import TRUNKS
 
 EXPECTED_HEADS = {"aux_conditioned", "box", "fc100_fc2", "feature_transfer", "linear", "segmentation", "transfer"}
@@ -19,9 +19,9 @@ def spec(name: str, kind: str, n: int = 2, role: str = "main") -> TaskSpec:
 
 def tasks_for(head: str) -> list[TaskSpec]:
     """Tasks covering every kind the head declares (aux_conditioned: one main, the rest auxiliary)."""
-    kinds = sorted(HEADS.meta(head)["task_types"])
+    kinds = sorted(HEADS.meta(head).task_types)
     n = {"binary": 2, "multiclass": 3, "ordinal": 4, "multilabel": 5}
-    if HEADS.meta(head)["multi_task"]:
+    if HEADS.meta(head).multi_task:
         return [spec("main", "multiclass", 3)] + [spec(f"aux_{k}", k, n.get(k, 0), role="auxiliary") for k in kinds]
     return [spec(f"t_{k}", k, n.get(k, 0)) for k in kinds]
 
@@ -54,8 +54,8 @@ def test_registry_is_pinned_and_declares_its_flags():
     assert set(HEADS.list()) == EXPECTED_HEADS
     for name in HEADS.list():
         meta = HEADS.meta(name)
-        assert {"task_types", "needs_pyramid", "multi_task"} <= set(meta)
-        assert HEADS.get(name).needs_pyramid == meta["needs_pyramid"]   # the model reads the class flag
+        assert isinstance(meta, HeadInfo)
+        assert HEADS.get(name).needs_pyramid == meta.needs_pyramid   # the model reads the class flag
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -75,7 +75,7 @@ def test_head_outputs_and_gradients(name, size):
         assert torch.isfinite(p.grad).all()
 
 
-@pytest.mark.parametrize("name", [n for n in HEADS.list() if HEADS.meta(n)["needs_pyramid"]])
+@pytest.mark.parametrize("name", [n for n in HEADS.list() if HEADS.meta(n).needs_pyramid])
 def test_dense_heads_on_a_resnet18_pyramid(name):
     torch.manual_seed(0)
     net = timm.create_model("resnet18", pretrained=False, features_only=True)
@@ -106,7 +106,7 @@ def test_segmentation_refuses_decoder_channels_of_the_wrong_length():
 
 @pytest.mark.parametrize("name", HEADS.list())
 def test_head_refuses_a_task_kind_it_does_not_serve(name):
-    wrong = next(k for k in ("segmentation", "binary", "multilabel") if k not in HEADS.meta(name)["task_types"])
+    wrong = next(k for k in ("segmentation", "binary", "multilabel") if k not in HEADS.meta(name).task_types)
     tasks = [spec("bad", wrong)]
     with pytest.raises(ValueError, match=rf"task 'bad' has kind '{wrong}', which head '{name}' does not support"):
         HEADS.get(name)(tasks, 16, tiny().feature_info)

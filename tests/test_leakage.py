@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from tests.conftest import need_data
 from medmtl.config.loader import parse_config
 from medmtl.data import leakage
 from medmtl.data.inspect import format_text, inspect
 from medmtl.data.pipeline import prepare
 from medmtl.errors import LeakageError
+from tests.conftest import need_data
 
 HOLDOUT = {"method": "holdout", "fractions": [0.7, 0.15, 0.15], "seed": 0}
 EVALUATION = ("val", "test")

@@ -8,7 +8,7 @@ import pytest
 
 from medmtl.config import parse_config
 from medmtl.errors import ConfigError
-from medmtl.transfer.loto import choose, left_out_groups, rank_table
+from medmtl.protocols.loto import choose, left_out_groups, rank_table
 from tests.conftest import need_data
 
 
@@ -29,7 +29,7 @@ def test_choice_ignores_the_target_task():
 
 
 def test_loto_run_over_five_shared_tasks(tmp_path, shared_cache, monkeypatch):
-    from medmtl.experiment import run_experiment
+    from medmtl.protocols import run_experiment
 
     need_data()
     task = lambda name, reader, classes, target, size, mode, split: {  # noqa: E731
@@ -71,11 +71,14 @@ def test_loto_run_over_five_shared_tasks(tmp_path, shared_cache, monkeypatch):
     assert set(pred["arm"]) == {"loto_feature_extraction", "loto_finetune"}
     assert set(pred[pred.split == "test"]["task"]) == set(summary["targets"])
     # rerun: finished trials are not trained again
-    import medmtl.transfer.strategies as strategies
+    import medmtl.protocols.loto as loto
+    import medmtl.protocols.strategies as strategies
 
     calls = []
-    real = strategies._train
-    monkeypatch.setattr(strategies, "_train", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = strategies.train_arm
+    spy = lambda *a, **k: calls.append(a) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(strategies, "train_arm", spy)
+    monkeypatch.setattr(loto, "train_arm", spy)
     run_experiment(cfg, progress=False)
     assert calls == []       # neither the LOTO trials nor the transfers are trained again
 
@@ -83,7 +86,7 @@ def test_loto_run_over_five_shared_tasks(tmp_path, shared_cache, monkeypatch):
 def test_loto_trials_run_as_parallel_grid_trials(tmp_path, shared_cache):
     """``--workers 2``: the pool trainings (left-out group x combination x seed) run as Ray trials;
     the protocol then finds them finished and only reads them back."""
-    from medmtl.experiment import run_experiment
+    from medmtl.protocols import run_experiment
 
     need_data("medmnist")
     med = lambda name, classes, mode: {  # noqa: E731

@@ -14,7 +14,7 @@ def _registries():
     from medmtl.models.heads import HEADS
     from medmtl.models.trunks import TRUNKS
     from medmtl.mtl.weightings import WEIGHTINGS
-    from medmtl.transfer.strategies import STRATEGIES
+    from medmtl.protocols.strategies import STRATEGIES
 
     return {
         "readers": (READERS, ["busi", "folder", "manifest", "medmnist", "mias", "volume"]),

@@ -15,7 +15,8 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from medmtl.config import parse_config
-from medmtl.reports import bootstrap_auc_ci, paired_bootstrap_auc_test, write_predictions, write_report
+from medmtl.evaluation.stats import bootstrap_auc_ci, paired_bootstrap_test
+from medmtl.reports import write_predictions, write_report
 from tests.conftest import need_data
 
 ARMS = {"mtl_mean": "mean", "mtl_uncertainty": "uncertainty"}   # arm -> loss weighting
@@ -154,17 +155,17 @@ def test_bootstrap_auc_ci_matches_sklearn_and_brackets_it():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 300)
     s = y * 0.8 + rng.normal(0, 0.6, 300)
-    auc, lo, hi = bootstrap_auc_ci(y, s, n_boot=300, seed=1)
+    auc, lo, hi = bootstrap_auc_ci(y, s, n_boot=300, random_state=1)
     assert auc == pytest.approx(roc_auc_score(y, s))
     assert lo < auc < hi and hi - lo < 0.2
-    assert bootstrap_auc_ci(y, s, n_boot=300, seed=1) == (auc, lo, hi)          # seeded
+    assert bootstrap_auc_ci(y, s, n_boot=300, random_state=1) == (auc, lo, hi)          # seeded
     probs = rng.dirichlet(np.ones(3), 300)
     y3 = rng.integers(0, 3, 300)
     assert bootstrap_auc_ci(y3, probs, n_boot=50)[0] == pytest.approx(
         np.mean([roc_auc_score(y3 == c, probs[:, c]) for c in range(3)]))
     assert all(np.isnan(bootstrap_auc_ci(np.zeros(10, int), s[:10])))          # one class: no AUC
-    assert paired_bootstrap_auc_test(y, s, s, n_boot=100) == 1.0               # identical models
-    assert paired_bootstrap_auc_test(y, s, rng.normal(size=300), n_boot=200) < 0.01
+    assert paired_bootstrap_test(y, s, s, n_boot=100) == 1.0               # identical models
+    assert paired_bootstrap_test(y, s, rng.normal(size=300), n_boot=200) < 0.01
 
 
 def test_one_arm_without_checkpoints_says_what_is_missing(tmp_path):

@@ -122,7 +122,7 @@ def test_a_failing_section_becomes_a_note(run_dir):
 
 
 def test_application_config_narrows_tasks_and_fills_multitask_arms():
-    from medmtl.experiment import application_config
+    from medmtl.protocols.applications import application_config
 
     raw = {"name": "apps", "tasks": [_task("a"), _task("a_aux", "auxiliary"), _task("b"), _task("b_aux", "auxiliary")],
            "experiment": {"arms": [{"name": "mtl", "strategy": "mtl"}, {"name": "stl", "strategy": "stl"}],

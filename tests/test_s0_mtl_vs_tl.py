@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from medmtl.config import load_config, parse_config
-from medmtl.grid_utils import set_dotted
+from medmtl.config import load_config, parse_config, set_dotted
 from tests.conftest import REPO, need_data
 
 
@@ -19,7 +18,7 @@ def reduced(name: str, **dotted):
 
 
 def test_s0_runs_end_to_end_with_its_tables(tmp_path, shared_cache):
-    from medmtl.experiment import run_experiment
+    from medmtl.api import run as run_experiment
 
     need_data("pcam")
     cfg = reduced("s0-mtl-vs-tl", run_dir=str(tmp_path / "s0"), cache_dir=str(shared_cache),

@@ -151,19 +151,18 @@ def test_mias_malignant_target():
 def test_s1_config_end_to_end(tmp_path, shared_cache, monkeypatch):
     """Both applications x four arms, one tiny epoch each: results, the reference table and the
     Spearman table of the auxiliary tasks."""
-    import medmtl.experiment as experiment
     from medmtl.config import load_config
+    from medmtl.protocols import run_experiment
     from medmtl.reports import write_report
 
     need_data("busi"), need_data("mini_mias")
     monkeypatch.setenv("MEDMTL_DATA", os.environ.get("MEDMTL_DATA", str(DATA)))
-    # the figures have their own tests; the tables are what this study adds
-    monkeypatch.setattr(experiment, "_report", lambda d: write_report(d, tsne=False, gradcam=False, n_boot=20))
     tiny = {"experiment.seeds": [0], "data.size": 32, "data.batch_size": 16, "train.epochs": 1,
             "train.steps_per_epoch": 2, "data.limit_eval": 16}
     cfg = load_config(CONFIG, overrides={"cache_dir": str(shared_cache), "run_dir": str(tmp_path / "s1"),
                                          "quick": tiny})
-    out = experiment.run_experiment(cfg, quick=True, progress=False)
+    out = run_experiment(cfg, quick=True, progress=False)
+    write_report(out, tsne=False, gradcam=False, n_boot=20)   # the figures have their own tests
 
     metrics = json.loads((out / "results/metrics.json").read_text())
     arms = ["mtl_tl", "mtl_ri", "stl_tl", "stl_ri"]

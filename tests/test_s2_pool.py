@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from medmtl.errors import ConfigError
-from medmtl.transfer.loto import left_out_groups, rank_summary, rank_table, target_groups
+from medmtl.protocols.loto import left_out_groups, rank_summary, rank_table, target_groups
 from tests.conftest import REPO, need_data
 
 
@@ -39,7 +39,7 @@ def test_targets_keep_related_tasks_together():
 
 def test_s2_config_parses_with_quick_overrides():
     from medmtl.config import load_config
-    from medmtl.experiment import apply_quick
+    from medmtl.protocols import apply_quick
 
     cfg = load_config(REPO / "experiments" / "s2-pretrain-pool.yaml")
     assert len(cfg.loto.pool) == 7 and cfg.loto.related == [["busi_cls", "breastmnist"]]
@@ -53,8 +53,8 @@ def test_s2_reduced_end_to_end(tmp_path, shared_cache):
     the pool trunk with its card (loaded back through ``pretrained: PATH``) and the leakage counts."""
     import torch
 
+    from medmtl.api import run as run_experiment
     from medmtl.config import load_config
-    from medmtl.experiment import run_experiment
 
     need_data("busi")
     need_data("medmnist")
@@ -96,7 +96,7 @@ def test_s2_reduced_end_to_end(tmp_path, shared_cache):
     saved = torch.load(art / "pool_trunk.pt", map_location="cpu", weights_only=True)
     # the network it was trained in: the ImageNet start's TF padding travels with the weights
     assert saved["trunk_name"] == "efficientnet_lite0" and saved["trunk_kwargs"]["pad_type"] == "same"
-    from medmtl.engine.loop import build_model
+    from medmtl.engine.build import build_model
 
     new = _s2_config({
         "tasks": [t.model_dump(mode="json") for t in full.tasks if t.name == "skin"],
@@ -125,8 +125,7 @@ def _s2_config(overrides: dict):
     """experiments/s2-pretrain-pool.yaml with dotted-key overrides."""
     import yaml
 
-    from medmtl.config import parse_config
-    from medmtl.grid_utils import set_dotted
+    from medmtl.config import parse_config, set_dotted
 
     raw = yaml.safe_load((REPO / "experiments" / "s2-pretrain-pool.yaml").read_text())
     for key, value in overrides.items():

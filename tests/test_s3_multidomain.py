@@ -119,15 +119,15 @@ def _tiny_s3(tmp_path, cache):
 def test_s3_end_to_end_small(tmp_path, shared_cache, monkeypatch):
     import torch
 
-    import medmtl.experiment as experiment
+    from medmtl.protocols import run_experiment
     from medmtl.reports import write_report
 
-    # a smaller t-SNE sample than the report's default 300 (5 stages, each a t-SNE): the same code runs
-    monkeypatch.setattr(experiment, "_report", lambda run_dir: write_report(run_dir, max_images=80, n_boot=200))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # on a busy 2-core runner two threads spin against each other: 2.7x slower
     try:
-        out = experiment.run_experiment(_tiny_s3(tmp_path, shared_cache), progress=False)
+        out = run_experiment(_tiny_s3(tmp_path, shared_cache), progress=False)
+        # a smaller t-SNE sample than the report's default 300 (5 stages, each a t-SNE): the same code runs
+        write_report(out, max_images=80, n_boot=200)
     finally:
         torch.set_num_threads(threads)
     pred = pd.read_csv(out / "results/predictions.csv", dtype={"id": str, "group": str})

@@ -182,9 +182,8 @@ def test_detection_metrics_skip_images_without_a_lesion():
 def test_s4_reduced_end_to_end(tmp_path, shared_cache, monkeypatch):
     import os
 
-    from medmtl.config import load_config, parse_config
-    from medmtl.experiment import run_experiment
-    from medmtl.grid_utils import set_dotted
+    from medmtl.api import run as run_experiment
+    from medmtl.config import load_config, parse_config, set_dotted
     from tests.conftest import DATA
 
     need_data("busi")

@@ -15,8 +15,16 @@ from typer.testing import CliRunner
 
 from medmtl.cli import app
 from medmtl.evaluation.stats import (
-    bootstrap_ci, delong_auc, delong_ci, delong_compare, delong_test, group_mean_scores, holm, seed_summary,
-    significant_by_2std, wilcoxon_holm,
+    bootstrap_ci,
+    delong_auc,
+    delong_ci,
+    delong_compare,
+    delong_test,
+    group_mean_scores,
+    holm,
+    seed_summary,
+    significant_by_2std,
+    wilcoxon_holm,
 )
 from medmtl.evaluation.thresholds import metrics_at_thresholds, youden_threshold
 from medmtl.metrics import METRICS, auc, f1, sensitivity, specificity

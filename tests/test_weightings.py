@@ -5,6 +5,7 @@ nashmtl: cvxpy) are skipped with the ImportError that names the extra when it is
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import io
 import logging
@@ -16,15 +17,14 @@ import torch
 from torch import nn
 
 from medmtl.data.pipeline import TaskSpec
-from medmtl.mtl.weightings import WEIGHTINGS, JacobianWeighting, Weighting, create_weighting
-from medmtl.mtl.weightings import _jacobian
+from medmtl.mtl.weightings import WEIGHTINGS, JacobianWeighting, Weighting, WeightingInfo, _jacobian, create_weighting
 
 EXPECTED_NAMES = {"mean", "equal", "fixed", "main_aux", "spearman", "uncertainty", "dwa", "rlw",
                   "upgrad", "pcgrad", "cagrad", "nashmtl", "mgda"}
 FLAGS = {"needs_per_task_grads", "stateful", "needs_labels", "has_parameters", "extra"}
 ALL = WEIGHTINGS.list()
-JACOBIAN = [n for n in ALL if WEIGHTINGS.meta(n)["needs_per_task_grads"]]
-STATEFUL = [n for n in ALL if WEIGHTINGS.meta(n)["stateful"]]
+JACOBIAN = [n for n in ALL if WEIGHTINGS.meta(n).needs_per_task_grads]
+STATEFUL = [n for n in ALL if WEIGHTINGS.meta(n).stateful]
 
 
 def spec(name: str, role: str = "main", loss_weight: float = 1.0) -> TaskSpec:
@@ -79,7 +79,7 @@ def run_step(w: Weighting, model: Toy, step: int, opt=None) -> dict[str, float]:
     """One training step of the weighting on the toy model (the model itself is not updated)."""
     model.zero_grad(set_to_none=True)
     _, losses = toy_step_losses(model, step)
-    if WEIGHTINGS.meta(w_name(w))["needs_per_task_grads"]:
+    if WEIGHTINGS.meta(w_name(w)).needs_per_task_grads:
         weights = w.backward(losses, list(model.shared.parameters()))
     else:
         total, weights = w(losses, counts={t: 8 for t in losses})
@@ -107,11 +107,11 @@ def test_registry_is_pinned():
 def test_metadata_matches_the_class(name):
     meta = WEIGHTINGS.meta(name)
     cls = WEIGHTINGS.get(name)
-    assert FLAGS <= set(meta)
-    assert meta["needs_per_task_grads"] == issubclass(cls, JacobianWeighting)
-    assert meta["needs_labels"] == (name == "spearman")
+    assert isinstance(meta, WeightingInfo) and FLAGS <= {f.name for f in dataclasses.fields(meta)}
+    assert meta.needs_per_task_grads == issubclass(cls, JacobianWeighting)
+    assert meta.needs_labels == (name == "spearman")
     w = build(name)
-    assert meta["has_parameters"] == any(True for _ in w.parameters())
+    assert meta.has_parameters == any(True for _ in w.parameters())
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -160,7 +160,7 @@ def test_state_dict_round_trip_gives_identical_next_weights(name):
     model = Toy()
     kwargs = ROUND_TRIP_KWARGS.get(name, {})
     w1 = build(name, **kwargs)
-    opt1 = torch.optim.SGD(w1.parameters(), lr=0.5) if WEIGHTINGS.meta(name)["has_parameters"] else None
+    opt1 = torch.optim.SGD(w1.parameters(), lr=0.5) if WEIGHTINGS.meta(name).has_parameters else None
     for step in range(3):
         run_step(w1, model, step, opt1)
     buffer = io.BytesIO()

@@ -71,3 +71,12 @@ def load_config(path: str | Path, overrides: dict | None = None) -> ExperimentCo
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, found {type(data).__name__}")
     data.update(overrides or {})
     return parse_config(data, str(path))
+
+
+def save_config(cfg: ExperimentConfig, run_dir: str | Path) -> Path:
+    """The fully resolved config next to every artefact (paths expanded, defaults filled in)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return path

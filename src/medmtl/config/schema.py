@@ -10,17 +10,20 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
+from medmtl._registry import did_you_mean
 from medmtl.data.readers import READERS
-from medmtl.data.readers._base import AnyPath
-
-TaskKind = Literal["binary", "multiclass", "multilabel", "ordinal", "segmentation", "detection"]
-CLASSIFICATION_KINDS = ("binary", "multiclass", "multilabel", "ordinal")
-DEFAULT_METRIC = {"binary": "auc", "multiclass": "auc", "multilabel": "auc", "ordinal": "auc",
-                  "segmentation": "dice", "detection": "box_iou"}
-METRICS = ("auc", "accuracy", "balanced_accuracy", "f1", "sensitivity", "specificity", "cross_entropy",
-           "dice", "iou", "box_iou", "hit_rate")
+from medmtl.data.readers._base import AnyPath, expand_path
+from medmtl.kinds import TaskKind
+from medmtl.metrics import METRICS, default_metric
 
 ReaderConfig = Annotated[Union[tuple(READERS.get(n) for n in READERS)], Field(discriminator="name")]
 
@@ -45,7 +48,7 @@ class SplitConfig(_Section):
     (StratifiedGroupKFold) and carves ``val_fraction`` of the rest for validation.
     """
 
-    method: Literal["official", "holdout", "kfold"] = "holdout"
+    method: str = "holdout"   # a registered splitter (medmtl.data.splits.SPLITTERS)
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     n_splits: int = Field(5, ge=2)
@@ -94,9 +97,13 @@ class TaskConfig(_Section):
     @model_validator(mode="after")
     def _check(self):
         if self.metric is None:
-            self.metric = DEFAULT_METRIC[self.kind]
+            self.metric = default_metric(self.kind)
         elif self.metric not in METRICS:
-            raise ValueError(f"metric={self.metric!r} is not known; choose one of {list(METRICS)}")
+            raise ValueError(f"metric={self.metric!r} is not a registered metric; choose one of "
+                             f"{METRICS.list()}{did_you_mean(self.metric, METRICS)}")
+        elif self.kind not in METRICS.meta(self.metric).kinds:
+            raise ValueError(f"metric={self.metric!r} is not defined for kind {self.kind!r}; it is for "
+                             f"{sorted(METRICS.meta(self.metric).kinds)}")
         if self.classes is not None:
             if len(set(self.classes)) != len(self.classes):
                 raise ValueError(f"classes repeat a name: {self.classes}")
@@ -168,6 +175,21 @@ class DataLoaderConfig(_Section):
     limit_test: int | None = Field(None, ge=1)
 
 
+def _weights_path(value):
+    """``pretrained``: a keyword (``imagenet``, an arm's ``inherit``) or None stay as they are; a path
+    gets ``$VARS`` and ``~`` expanded like the task paths, and an unset variable is an error here,
+    not a missing file after data preparation."""
+    if value is None or value in ("imagenet", "inherit"):
+        return value
+    text = str(expand_path(str(value)))
+    if "$" in text:
+        raise ValueError(f"pretrained={value!r}: an environment variable in it is not set (expanded to {text!r})")
+    return text
+
+
+WeightsPath = Annotated[str | None, BeforeValidator(_weights_path)]
+
+
 class TrunkConfig(_Section):
     """The shared trunk: a medmtl trunk (``resnext29``, ``alexnet``) or any timm model name.
 
@@ -176,7 +198,7 @@ class TrunkConfig(_Section):
     """
 
     name: str = "resnet18"
-    pretrained: str | None = None
+    pretrained: WeightsPath = None
     in_chans: int = Field(3, ge=1, le=3)
     small_input: bool = False
     kwargs: dict[str, Any] = {}
@@ -202,7 +224,7 @@ class ModelConfig(_Section):
 class OptimizerConfig(_Section):
     """``lr`` for the heads is ``lr * head_lr_mult`` (tau); the trunk uses ``trunk_lr`` or ``lr``."""
 
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    name: str = "sgd"   # a registered optimiser (medmtl.engine.optim.OPTIMIZERS)
     lr: float = Field(1e-2, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)
@@ -214,7 +236,7 @@ class SchedulerConfig(_Section):
     """``step`` (every ``step_size`` epochs x ``gamma``), ``cosine`` (to ``min_lr``), or ``plateau``
     (x ``gamma`` after ``patience`` epochs without improvement of the monitored metric)."""
 
-    name: Literal["none", "step", "cosine", "plateau"] = "none"
+    name: str = "none"   # a registered scheduler (medmtl.engine.optim.SCHEDULERS)
     step_size: int = Field(10, ge=1)
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     patience: int = Field(3, ge=0)
@@ -288,7 +310,7 @@ class ArmConfig(_Section):
     tasks: list[str] | None = None
     source: list[str] | None = None
     source_arm: str | None = None
-    pretrained: str | None = "inherit"
+    pretrained: WeightsPath = "inherit"
     head: HeadConfig | None = None
     lrs: list[float] = [1e-3, 1e-4, 1e-5, 1e-6]
     freeze: list[int] = [0, 1, 2, 3]
@@ -448,6 +470,4 @@ class ExperimentConfig(_Section):
         for t in self.tasks:
             if t.name == name:
                 return t
-        from medmtl._registry import did_you_mean
-
         raise KeyError(f"no task {name!r}; the config declares {[t.name for t in self.tasks]}{did_you_mean(name, [t.name for t in self.tasks])}")

@@ -25,7 +25,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import imagehash
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
 
 from medmtl.data.records import FileSource, ImageSource, Record, Skipped, file_digest
 from medmtl.errors import DataError
@@ -92,8 +95,6 @@ def to_mode(arr: np.ndarray, mode: str) -> np.ndarray:
 
 
 def resize(arr: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
-    from PIL import Image
-
     img = Image.fromarray(arr)
     if img.size == (size, size):
         return arr
@@ -107,16 +108,12 @@ def thumbnail(arr: np.ndarray, size: int) -> np.ndarray:
     h, w = grey.shape
     s = min(h, w)
     top, left = (h - s) // 2, (w - s) // 2
-    from PIL import Image
 
     img = Image.fromarray(np.ascontiguousarray(grey[top:top + s, left:left + s]))
     return np.asarray(img.resize((size, size), Image.Resampling.BOX))
 
 
 def perceptual_hash(arr: np.ndarray) -> int:
-    import imagehash
-    from PIL import Image
-
     return int(str(imagehash.phash(Image.fromarray(to_mode(arr, "L")))), 16)
 
 
@@ -257,8 +254,6 @@ class DecodeCache:
         return out
 
     def _decode_many(self, records, keys, mask_keys, todo, index, sigs, workers, progress, desc):
-        from tqdm.auto import tqdm
-
         def job(i):
             k = keys[i]
             return i, self._decode_one(records[i], k not in index["slots"], k not in sigs["rows"],

@@ -68,3 +68,14 @@ def format_text(report: dict) -> str:
             lines.append(f"  skipped {len(t['skipped'])} file(s):")
             lines.extend(f"    {s['path']}: {s['reason']}" for s in t["skipped"])
     return "\n".join(lines)
+
+
+def data_summary(data) -> dict:
+    """Per task: images per split and class, duplicates, and what the leakage guard found and
+    removed (:func:`task_summary`, skipped files counted: they are listed in the run log)."""
+    out = {}
+    for task in data.tasks:
+        info = task_summary(data, task)
+        info["skipped"] = len(info["skipped"])
+        out[task] = info
+    return out

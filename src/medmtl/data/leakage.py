@@ -54,6 +54,8 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+from scipy import sparse
+from scipy.ndimage import gaussian_filter
 
 from medmtl.errors import LeakageError
 
@@ -85,8 +87,6 @@ def _unit(x: np.ndarray, usable: np.ndarray) -> np.ndarray:
 
 
 def _band_pass(thumbs: np.ndarray) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
-
     fine, coarse = ((0, s, s) for s in DETAIL_SIGMAS)
     return gaussian_filter(thumbs, fine, mode="nearest") - gaussian_filter(thumbs, coarse, mode="nearest")
 
@@ -218,8 +218,6 @@ def _save(path: Path, pairs: np.ndarray) -> None:
 
 def row_pairs(pairs: np.ndarray, a: Signatures, b: Signatures) -> np.ndarray:
     """Key-index pairs expanded to record rows (a key held by several rows pairs each of them)."""
-    from scipy import sparse
-
     def member(sig: Signatures):
         return sparse.csr_matrix((np.ones(len(sig.rows), np.int32), (np.arange(len(sig.rows)), sig.rows)),
                                  shape=(len(sig.rows), len(sig)))

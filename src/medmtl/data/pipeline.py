@@ -18,15 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from medmtl.data import splits as splitting
 from medmtl.data.cache import CachedImages, DecodeCache
 from medmtl.data.duplicates import UnionFind, count_groups, duplicate_groups
+from medmtl.data.leakage import Signatures, apply_leakage_guard, find_copies
 from medmtl.data.records import Skipped, TargetInfo
 from medmtl.errors import ConfigError, DataError
+from medmtl.kinds import CLASSIFICATION_KINDS
 
 log = logging.getLogger("medmtl.data")
-CLASSIFICATION = ("binary", "multiclass", "ordinal", "multilabel")
 INNER_VAL_FRACTION = 0.15
 COPIES_PREFIX = "copies:"  # names a split group that holds copies of one image from several datasets
 
@@ -230,24 +234,11 @@ def _split_key(split_cfg) -> str:
 
 
 def assign_splits(ids, y, groups, official, split_cfg, where: str) -> np.ndarray:
-    official = np.asarray(official, dtype=object)
-    if split_cfg.method == "official":
-        if any(s is None for s in official):
-            raise ConfigError(f"{where}.split.method='official' but the dataset has no official split "
-                              "(use method: holdout or kfold)")
-        out = splitting.carve(y, groups, official, split_cfg.val_fraction, split_cfg.seed) \
-            if "val" not in set(official) else official.copy()
-    elif split_cfg.method == "holdout":
-        out = splitting.holdout(y, groups, split_cfg.fractions, split_cfg.seed)
-    else:
-        out = splitting.kfold(y, groups, split_cfg.n_splits, split_cfg.fold, split_cfg.val_fraction, split_cfg.seed)
-    return out
+    return splitting.create_split(split_cfg.method, y, groups, official, split_cfg, where)
 
 
 def _load_or_write_split(path: Path, ids, groups, compute) -> np.ndarray:
     """Reuse the split file of an earlier run of the same settings; write it otherwise."""
-    import pandas as pd
-
     if path.is_file():
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
         if sorted(table["id"]) != sorted(ids):
@@ -312,10 +303,6 @@ def prepare(cfg, *, progress: bool = True, write_splits: bool = True) -> Prepare
         path.parent.mkdir(parents=True, exist_ok=True)
         known = json.loads(path.read_text()) if path.is_file() else {}
         path.write_text(json.dumps({**known, **thresholds}, indent=2))
-    try:
-        from medmtl.data.leakage import apply_leakage_guard
-    except ImportError:  # pragma: no cover - until the guard lands
-        return data
     apply_leakage_guard(data, cfg.leakage)
     return data
 
@@ -343,7 +330,7 @@ def _group_source(cfg, item: _Loaded) -> None:
                                 max_distance=d.max_distance, thumbs=cached.thumbs,
                                 min_correlation=d.min_correlation)
     reader_groups = np.array([r.group for r in cached.records], dtype=object)
-    if item.tcfg.split.method == "official":
+    if splitting.SPLITTERS.meta(item.tcfg.split.method).official:
         official = np.array([r.split for r in cached.records], dtype=object)
         splitting.check_groups([r.id for r in cached.records], reader_groups, official,
                                f"{item.tcfg.name} (official split)")
@@ -363,14 +350,9 @@ def _link_copies(cfg, loaded: list[_Loaded]) -> None:
     group. We pin rather than split the concatenation jointly because linked datasets may have
     different split settings (fractions, folds, seeds); the first keeps exactly its own split.
     """
-    free = [item for item in loaded if item.tcfg.split.method != "official"]
+    free = [item for item in loaded if not splitting.SPLITTERS.meta(item.tcfg.split.method).official]
     if cfg.leakage.policy == "off" or len(free) < 2:
         return
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    from medmtl.data.leakage import Signatures, find_copies
-
     sigs = {item.key: Signatures.of(item.cached) for item in free}
     node_of, node_name, node_source, offset = {}, [], [], 0
     for k, item in enumerate(free):
@@ -406,7 +388,7 @@ def _build_source(cfg, item: _Loaded, assigned: dict[str, str], write_splits: bo
     ids = [r.id for r in records]
     official = np.array([r.split for r in records], dtype=object)
     # stratify on class labels, never on a continuous value (binarized tasks have no classes yet)
-    strat = next((s for s in specs if s.kind in CLASSIFICATION and s.binarize is None), None)
+    strat = next((s for s in specs if s.kind in CLASSIFICATION_KINDS and s.binarize is None), None)
     y = np.array([str(r.labels.get(strat.target, "?")) if strat else "?" for r in records])
     where = f"tasks[{item.index}]"
 

@@ -7,12 +7,12 @@ knows. A target with no label for this image is simply absent: it is masked late
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
@@ -63,8 +63,6 @@ def pil_to_uint8(img) -> np.ndarray:
     16-bit and float images are rescaled by their own min/max, because their absolute range
     depends on the scanner and would otherwise saturate at 255.
     """
-    from PIL import Image
-
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
@@ -104,8 +102,6 @@ class FileSource(ImageSource):
         return hashlib.sha1(f"{file_key}|crop={','.join(map(str, self.crop))}".encode()).hexdigest()
 
     def load(self) -> np.ndarray:
-        from PIL import Image
-
         with Image.open(self.path) as img:
             img.load()
             arr = pil_to_uint8(img)

@@ -7,7 +7,7 @@ touching any global random state. ``state_dict()`` also records how many indices
 epoch were yielded, and ``iter()`` after ``load_state_dict`` continues from the next one.
 
 Example:
-    >>> sampler = SAMPLERS.get("cyclic")([0, 0, 1, 1, 1], num_samples=4, seed=0)
+    >>> sampler = create_sampler("cyclic", [0, 0, 1, 1, 1], num_samples=4, seed=0)
     >>> [int(t) for t in np.asarray([0, 0, 1, 1, 1])[list(sampler)]]
     [0, 1, 0, 1]
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,15 @@ from medmtl._registry import Registry
 
 __all__ = ["SAMPLERS", "BalancedSampler", "CyclicSampler", "MultiTaskSampler", "ProportionalSampler"]
 
-SAMPLERS: Registry[type["MultiTaskSampler"]] = Registry("sampler")
+@dataclass(frozen=True)
+class SamplerInfo:
+    """``task_share``: how often each task is drawn, ``"uniform"`` or ``"proportional"`` to its size."""
+
+    task_share: str
+    paper: str | None = None
+
+
+SAMPLERS: Registry[type["MultiTaskSampler"]] = Registry("sampler", SamplerInfo)
 
 
 def check_task_ids(task_ids) -> np.ndarray:
@@ -206,3 +215,8 @@ class CyclicSampler(MultiTaskSampler):
             if count:
                 order[k::len(names)] = cycled_permutations(rng, np.flatnonzero(self._tasks == name), count)
         return order
+
+
+def create_sampler(name: str, task_ids, *, num_samples: int | None = None, seed: int = 0) -> MultiTaskSampler:
+    """The registered sampler ``name`` over ``task_ids`` (the one door to a sampler)."""
+    return SAMPLERS.get(name, "data.sampler")(task_ids, num_samples=num_samples, seed=seed)

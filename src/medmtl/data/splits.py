@@ -8,14 +8,27 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from medmtl.errors import DataError
+from medmtl._registry import Registry
+from medmtl.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitterInfo:
+    """``official``: the splitter keeps the dataset's own split (so its groups come from the reader,
+    never from duplicate merging, which could move an image across the official split)."""
+
+    official: bool
+
+
+SPLITTERS: Registry = Registry("split method", SplitterInfo)
 
 
 def _buckets(fractions, n_groups: int) -> int:
@@ -81,3 +94,34 @@ def check_groups(ids, groups, splits, where: str) -> None:
             other, s0 = seen[g]
             raise DataError(f"{where}: group {g!r} is in two splits: {other!r} in {s0!r} and {rid!r} in {s!r}")
         seen.setdefault(g, (rid, s))
+
+
+# A splitter takes (y, groups, official split per row, the task's SplitConfig, where) and returns
+# the split name of each row; ``where`` is the task's config key for messages.
+@SPLITTERS.register("official", official=True)
+def official_split(y, groups, official, split_cfg, where: str) -> np.ndarray:
+    """The dataset's own split; ``val_fraction`` carves validation from train when it has none."""
+    official = np.asarray(official, dtype=object)
+    if any(s is None for s in official):
+        raise ConfigError(f"{where}.split.method='official' but the dataset has no official split "
+                          "(use method: holdout or kfold)")
+    if "val" in set(official):
+        return official.copy()
+    return carve(y, groups, official, split_cfg.val_fraction, split_cfg.seed)
+
+
+@SPLITTERS.register("holdout", official=False)
+def holdout_split(y, groups, official, split_cfg, where: str) -> np.ndarray:
+    """Seeded, stratified, group-aware train/val/test ``fractions``."""
+    return holdout(y, groups, split_cfg.fractions, split_cfg.seed)
+
+
+@SPLITTERS.register("kfold", official=False)
+def kfold_split(y, groups, official, split_cfg, where: str) -> np.ndarray:
+    """Fold ``fold`` of ``n_splits`` (StratifiedGroupKFold) is test, ``val_fraction`` of the rest val."""
+    return kfold(y, groups, split_cfg.n_splits, split_cfg.fold, split_cfg.val_fraction, split_cfg.seed)
+
+
+def create_split(method: str, y, groups, official, split_cfg, where: str) -> np.ndarray:
+    """The split names of a task's rows by the registered ``method`` (the one door to a splitter)."""
+    return SPLITTERS.get(method, f"{where}.split.method")(y, groups, official, split_cfg, where)

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,7 +37,15 @@ __all__ = [
 
 PresetFactory = Callable[[bool, int, int], v2.Compose]
 
-PRESETS: Registry[PresetFactory] = Registry("augmentation preset")
+@dataclass(frozen=True)
+class PresetInfo:
+    """``normalization``: ``"half"`` (x/255 - 0.5) / 0.5 or ``"imagenet"`` mean/std; ``paper``: its source."""
+
+    normalization: str
+    paper: str | None = None
+
+
+PRESETS: Registry[PresetFactory] = Registry("augmentation preset", PresetInfo)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

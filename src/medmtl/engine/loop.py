@@ -13,17 +13,27 @@ import csv
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from medmtl.data.dataset import collate
+from medmtl.data.samplers import create_sampler
 from medmtl.engine import checkpoint as ckpt
 from medmtl.engine import optim
+from medmtl.engine.build import build_datasets, build_model, task_specs_dict
+from medmtl.engine.tracking import log_epoch
 from medmtl.engine.validate import monitor_value, predict_split, task_metrics
 from medmtl.errors import MedmtlError
+from medmtl.kinds import SINGLE_LABEL_KINDS
+from medmtl.metrics import higher_is_better
+from medmtl.mtl.losses import compute_losses
+from medmtl.mtl.weightings import WEIGHTINGS, create_weighting
 
 log = logging.getLogger("medmtl.engine")
 
@@ -42,63 +52,7 @@ class FitResult:
     stopped_early: bool = False
 
 
-# -- building blocks --------------------------------------------------------------------------
-def task_specs_dict(data, names) -> dict:
-    return {t: data.tasks[t] for t in names}
-
-
-def build_model(cfg, specs: list):
-    """Trunk + heads from ``cfg.model`` for ``specs`` (the same call builds the model for predict)."""
-    from medmtl.models.heads.build import build_heads
-    from medmtl.models.multitask import MultiTaskModel
-    from medmtl.models.trunks import create_trunk
-
-    t = cfg.model.trunk
-    trunk = create_trunk(t.name, pretrained=t.pretrained, in_chans=t.in_chans, small_input=t.small_input, **t.kwargs)
-    head_cfg = {k: {"name": h.name, "tasks": h.tasks, **h.kwargs} for k, h in cfg.model.heads.items()}
-    heads = build_heads(specs, head_cfg, trunk.num_features, trunk.feature_info)
-    return MultiTaskModel(trunk, heads, specs, sharing=cfg.model.sharing, soft_weight=cfg.model.soft_weight)
-
-
-def _limit(dataset, limit: int | None, seed: int):
-    """Keep at most ``limit`` items per task (seeded), for quick runs; logged, never silent."""
-    if not limit:
-        return dataset
-    rng = np.random.default_rng(seed)
-    keep = []
-    for t in np.unique(dataset.task_ids):
-        idx = np.flatnonzero(dataset.task_ids == t)
-        keep.append(np.sort(rng.choice(idx, size=min(limit, len(idx)), replace=False)))
-    kept = np.sort(np.concatenate(keep))
-    log.info("%s split limited to %d of %d images (at most %d per task)", dataset.split, len(kept), len(dataset), limit)
-    dataset.items_ = dataset.items_[kept]
-    return dataset
-
-
-EVAL_SUBSET_SEED = 20171  # one fixed seed: every arm and seed scores the same val/test subset
-
-
-def scoring_subset(dataset, cfg, split: str):
-    """The images of ``split`` that final scoring uses: ``limit_eval`` (val) / ``limit_test`` (test)
-    per task, the same subset for every arm and training seed so that paired tests stay paired."""
-    limit = {"val": cfg.data.limit_eval, "test": cfg.data.limit_test}.get(split)
-    return _limit(dataset, limit, EVAL_SUBSET_SEED)
-
-
-def build_datasets(cfg, data, tasks: list[str]):
-    from medmtl.data.dataset import MultiTaskDataset
-
-    kw = dict(tasks=tasks, preset=cfg.data.augmentation, size=cfg.data.size, in_chans=cfg.model.trunk.in_chans)
-    train = _limit(MultiTaskDataset(data, "train", train=True, **kw), cfg.data.limit_train, cfg.seed)
-    val = _limit(MultiTaskDataset(data, "val", train=False, **kw), cfg.data.limit_eval, cfg.seed + 1)
-    if len(train) == 0:
-        raise MedmtlError(f"no training images for tasks {tasks}")
-    return train, val
-
-
 def _loader(dataset, cfg, sampler=None):
-    from medmtl.data.dataset import collate
-
     # pinned host memory: the copy to a GPU overlaps compute (no effect without one)
     return torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler, shuffle=False,
                                        num_workers=cfg.data.num_workers, collate_fn=collate,
@@ -138,10 +92,8 @@ class Trainer:
     """Runs one training job into ``run_dir``. Use :func:`fit`."""
 
     def __init__(self, cfg, data, run_dir: Path, progress: bool = True):
+        # lazy: Lightning takes seconds to import; only training needs it
         from lightning.fabric import Fabric
-
-        from medmtl.data.samplers import SAMPLERS
-        from medmtl.mtl.weightings import WEIGHTINGS
 
         self.cfg, self.data, self.run_dir, self.progress = cfg, data, Path(run_dir), progress
         tc = cfg.train
@@ -158,9 +110,9 @@ class Trainer:
         self.specs = task_specs_dict(data, self.tasks)
         self.train_set, self.val_set = build_datasets(cfg, data, self.tasks)
         n = tc.steps_per_epoch * cfg.data.batch_size if tc.steps_per_epoch else None
-        self.sampler = SAMPLERS.get(cfg.data.sampler)(self.train_set.task_ids, num_samples=n, seed=cfg.seed)
+        self.sampler = create_sampler(cfg.data.sampler, self.train_set.task_ids, num_samples=n, seed=cfg.seed)
         self.model = build_model(cfg, list(self.specs.values()))
-        self.weighting = WEIGHTINGS.get(tc.weighting.name)(**tc.weighting.kwargs)
+        self.weighting = create_weighting(tc.weighting.name, **tc.weighting.kwargs)
         self.weighting.setup(list(self.specs.values()), _train_labels(data, self.specs))
         self.weighting_meta = WEIGHTINGS.meta(tc.weighting.name)
         if getattr(self.weighting, "report_", None) is not None and self.fabric.is_global_zero:
@@ -177,7 +129,6 @@ class Trainer:
         for g in self.groups:
             g["params"] = [p for p in g["params"] if id(p) not in self.frozen]
         self.optimizer = optim.build_optimizer([g for g in self.groups if g["params"]], tc.optimizer)
-        from medmtl.metrics import higher_is_better
 
         main_metric = next((s.metric for s in self.specs.values() if s.role == "main"), "auc")
         self.mode = "max" if higher_is_better(main_metric) else "min"
@@ -233,8 +184,6 @@ class Trainer:
         return self.step < w.steps or self.epoch < w.epochs
 
     def train_epoch(self) -> dict[str, float]:
-        from tqdm.auto import tqdm
-
         self.sampler.set_epoch(self.epoch)
         totals: dict[str, list[float]] = {t: [0.0, 0] for t in self.tasks}
         right: dict[str, list[int]] = {t: [0, 0] for t in self.tasks}
@@ -269,8 +218,6 @@ class Trainer:
                 optim.set_bn_eval(trunk)
 
     def train_step(self, batch):
-        from medmtl.mtl.losses import compute_losses
-
         tc = self.cfg.train
         warming = self._warming()
         self._set_train_mode(warming)
@@ -289,7 +236,7 @@ class Trainer:
             counts = {t: int(v.numel()) for t, v in per_sample.items()}
             self._check_finite(means)
             self.optimizer.zero_grad(set_to_none=True)
-            if self.weighting_meta.get("needs_per_task_grads") and not warming:
+            if self.weighting_meta.needs_per_task_grads and not warming:
                 self.weighting.backward(means, trunk_params)
                 total = torch.stack(list(means.values())).sum()
             else:
@@ -355,8 +302,6 @@ class Trainer:
 
     # -- validation and bookkeeping ---------------------------------------------------------------
     def validate(self) -> tuple[dict, dict]:
-        from medmtl.mtl.losses import compute_losses  # noqa: F401  (same loss definitions as training)
-
         preds = predict_split(self.model, self.val_loader, self.specs, self.fabric.device)
         metrics = {t: task_metrics(self.specs[t], p["y"], p["p"]) for t, p in preds.items()}
         return metrics, preds
@@ -453,7 +398,6 @@ class Trainer:
     def _log_mlflow(self, row: dict) -> None:
         if not self.cfg.train.mlflow or not self.fabric.is_global_zero:
             return
-        from medmtl.engine.tracking import log_epoch
 
         log_epoch(self.cfg, self.run_dir, row)
 
@@ -464,8 +408,6 @@ def set_determinism(deterministic: bool) -> None:
     Process-wide torch state; cuBLAS reads its workspace setting when its handle is made, which is
     why it is set here, before the first GPU matrix product, and only if the user has not.
     """
-    import os
-
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.deterministic = deterministic
@@ -473,14 +415,14 @@ def set_determinism(deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def _check_fabric_options(tc, weighting_meta: dict) -> None:
+def _check_fabric_options(tc, weighting_meta) -> None:
     """Refuse the pairs that would train wrongly without an error.
 
     A gradient-based weighting computes its task gradients itself (TorchJD), outside fp16's loss
     scaler (the step would divide unscaled gradients by the scale and barely move) and outside
     DDP's gradient all-reduce (each process would step with its own gradients and drift apart).
     """
-    if not weighting_meta.get("needs_per_task_grads"):
+    if not weighting_meta.needs_per_task_grads:
         return
     name = tc.weighting.name
     if tc.precision == "16-mixed":
@@ -501,7 +443,7 @@ def _correct(specs: dict, outputs, labels) -> dict[str, tuple[int, int]]:
     (the model returns each task only the rows it labels)."""
     out = {}
     for task, (output, rows) in outputs.items():
-        if specs[task].kind not in ("binary", "multiclass", "ordinal"):
+        if specs[task].kind not in SINGLE_LABEL_KINDS:
             continue
         pred = output.argmax(dim=1)
         out[task] = (int((pred == labels[task][rows]).sum()), len(rows))

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from medmtl._registry import Registry
+from medmtl.errors import ConfigError
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -24,23 +28,68 @@ def param_groups(model, opt_cfg, weighting: nn.Module | None = None) -> list[dic
     return [g for g in groups if g["params"]]
 
 
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """``momentum``: the optimiser reads ``train.optimizer.momentum`` (Adam's betas are its own)."""
+
+    momentum: bool
+
+
+@dataclass(frozen=True)
+class SchedulerInfo:
+    """``monitored``: stepped with the monitored validation value instead of the epoch."""
+
+    monitored: bool
+
+
+OPTIMIZERS: Registry = Registry("optimizer", OptimizerInfo)
+SCHEDULERS: Registry = Registry("scheduler", SchedulerInfo)
+
+
+@OPTIMIZERS.register("sgd", momentum=True)
+def _sgd(groups: list[dict], opt_cfg) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=opt_cfg.lr, momentum=opt_cfg.momentum, weight_decay=opt_cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adam", momentum=False)
+def _adam(groups: list[dict], opt_cfg) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adamw", momentum=False)
+def _adamw(groups: list[dict], opt_cfg) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+
+
 def build_optimizer(groups: list[dict], opt_cfg) -> torch.optim.Optimizer:
-    if opt_cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=opt_cfg.lr, momentum=opt_cfg.momentum, weight_decay=opt_cfg.weight_decay)
-    cls = torch.optim.Adam if opt_cfg.name == "adam" else torch.optim.AdamW
-    return cls(groups, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+    """The registered optimiser ``opt_cfg.name`` over parameter ``groups`` (the one factory)."""
+    return OPTIMIZERS.get(opt_cfg.name, "train.optimizer.name")(groups, opt_cfg)
+
+
+@SCHEDULERS.register("none", monitored=False)
+def _constant(optimizer, sched_cfg, epochs: int, mode: str):
+    return None
+
+
+@SCHEDULERS.register("step", monitored=False)
+def _step(optimizer, sched_cfg, epochs: int, mode: str):
+    return torch.optim.lr_scheduler.StepLR(optimizer, sched_cfg.step_size, sched_cfg.gamma)
+
+
+@SCHEDULERS.register("cosine", monitored=False)
+def _cosine(optimizer, sched_cfg, epochs: int, mode: str):
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=sched_cfg.min_lr)
+
+
+@SCHEDULERS.register("plateau", monitored=True)
+def _plateau(optimizer, sched_cfg, epochs: int, mode: str):
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=sched_cfg.gamma,
+                                                      patience=sched_cfg.patience, min_lr=sched_cfg.min_lr)
 
 
 def build_scheduler(optimizer, sched_cfg, epochs: int, mode: str = "max"):
-    """Epoch-level schedule; ``plateau`` is stepped with the monitored validation value."""
-    if sched_cfg.name == "none":
-        return None
-    if sched_cfg.name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, sched_cfg.step_size, sched_cfg.gamma)
-    if sched_cfg.name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=sched_cfg.min_lr)
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=sched_cfg.gamma,
-                                                      patience=sched_cfg.patience, min_lr=sched_cfg.min_lr)
+    """Epoch-level schedule (None for ``none``); ``plateau`` is stepped with the monitored validation value."""
+    return SCHEDULERS.get(sched_cfg.name, "train.scheduler.name")(optimizer, sched_cfg, epochs, mode)
 
 
 def set_bn_eval(module: nn.Module) -> None:
@@ -54,7 +103,7 @@ def freeze_stages(trunk, k: int) -> list[nn.Parameter]:
     """Freeze the first ``k`` trunk stages (weights and batch-norm statistics); returns the frozen params."""
     stages = trunk.stages()
     if k > len(stages):
-        raise ValueError(f"train.freeze_stages={k} but the trunk has {len(stages)} stages")
+        raise ConfigError(f"train.freeze_stages={k} but the trunk has {len(stages)} stages")
     frozen = []
     for stage in stages[:k]:
         for p in stage.parameters():

@@ -4,14 +4,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
+from medmtl.config import load_config
+from medmtl.data.cache import resize, to_mode
+from medmtl.data.pipeline import TaskSpec
+from medmtl.data.records import FileSource
+from medmtl.data.transforms import build_transform
+from medmtl.engine import checkpoint as ckpt
+from medmtl.engine.build import build_model
 from medmtl.errors import MedmtlError
+from medmtl.kinds import CLASSIFICATION_KINDS
 
 
 def _specs(saved: list[dict]):
-    from medmtl.data.pipeline import TaskSpec
-
     return [TaskSpec(d["name"], d["kind"], tuple(d["classes"]), d["target"], d["source"], d["role"],
                      d["loss_weight"], d["metric"], d["group_key"], d["domain"], d.get("evaluate_at", "image"))
             for d in saved]
@@ -24,10 +31,6 @@ def default_device() -> torch.device:
 
 def load_run(run_dir: Path, device: str | torch.device = "cpu"):
     """(config, model in eval mode on ``device``, task specs) of a run directory."""
-    from medmtl.config import load_config
-    from medmtl.engine import checkpoint as ckpt
-    from medmtl.engine.loop import build_model
-
     best = run_dir / "checkpoints" / "best.ckpt"
     if not best.is_file():
         raise MedmtlError(f"{run_dir} has no checkpoints/best.ckpt: is it a finished medmtl run?")
@@ -46,17 +49,11 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu"):
 
 @torch.no_grad()
 def predict_files(run_dir: Path, paths: list[Path], task: str | None = None):
-    import pandas as pd
-
-    from medmtl.data.cache import resize, to_mode
-    from medmtl.data.records import FileSource
-    from medmtl.data.transforms import build_transform
-
     cfg, model, specs = load_run(run_dir)
     names = [s.name for s in specs]
     if task is not None and task not in names:
         raise MedmtlError(f"--task {task!r} is not a task of this run; it has {names}")
-    chosen = [s for s in specs if task in (None, s.name) and s.kind in ("binary", "multiclass", "ordinal", "multilabel")]
+    chosen = [s for s in specs if task in (None, s.name) and s.kind in CLASSIFICATION_KINDS]
     rows = []
     for path in paths:
         if not path.is_file():

@@ -15,7 +15,7 @@ def _uri(run_dir: Path) -> str:
 
 def log_epoch(cfg, run_dir: Path, row: dict) -> None:
     """Log one history row as metrics at step = epoch (the run is created on first use and reused on resume)."""
-    import mlflow
+    import mlflow  # lazy: seconds to import, and only runs with train.mlflow on use it
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)

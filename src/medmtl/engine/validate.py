@@ -7,7 +7,8 @@ import math
 import numpy as np
 import torch
 
-from medmtl.metrics import METRICS
+from medmtl.kinds import SINGLE_LABEL_KINDS
+from medmtl.metrics import METRICS, scored_metrics
 
 
 @torch.no_grad()
@@ -28,7 +29,7 @@ def predict_split(model, loader, specs: dict, device) -> dict[str, dict[str, np.
 
 
 def _scores(kind: str, output: torch.Tensor) -> torch.Tensor:
-    if kind in ("binary", "multiclass", "ordinal"):
+    if kind in SINGLE_LABEL_KINDS:
         return output.softmax(dim=1)
     if kind in ("multilabel", "segmentation"):
         return output.sigmoid().squeeze(1) if kind == "segmentation" else output.sigmoid()
@@ -43,11 +44,8 @@ def _targets(kind: str, labels, rows: torch.Tensor, size: int) -> np.ndarray:
 
 
 def task_metrics(spec, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """The task's declared metric plus the usual companions for its kind."""
-    single = ["auc", "accuracy", "cross_entropy"]  # cross-entropy: the validation loss of the studies' tables
-    # sensitivity/specificity (positive = classes[1] at score >= 0.5): the diagnostic studies' tables
-    names = {"binary": [*single, "sensitivity", "specificity"], "multiclass": single, "ordinal": single,
-             "multilabel": ["auc"], "segmentation": ["dice", "iou"], "detection": ["box_iou", "hit_rate"]}[spec.kind]
+    """The task's declared metric plus the metrics every result of its kind carries (``scored``)."""
+    names = scored_metrics(spec.kind)
     if spec.metric not in names:
         names = [spec.metric, *names]
     return {n: (METRICS.get(n)(y, p) if len(y) else math.nan) for n in names}

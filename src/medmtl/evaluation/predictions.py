@@ -9,12 +9,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medmtl.engine.validate import _scores
+from medmtl.data.dataset import collate
+from medmtl.engine.validate import _scores, _targets
+from medmtl.evaluation.stats import bootstrap_ci
+from medmtl.kinds import DENSE_KINDS, SINGLE_LABEL_KINDS
+from medmtl.metrics import box_ious, scored_metrics
+from medmtl.metrics.dense import dice_per_image, iou_per_image
 
-CLASSIFICATION = ("binary", "multiclass", "ordinal")
 # Segmentation and detection have no per-class scores; their per-image metric values are the rows
 # of ``results/predictions_dense.csv`` (arm, seed, task, split, id, group, lesion, <metric>...).
-DENSE_METRICS = {"segmentation": ("dice", "iou"), "detection": ("box_iou", "hit_rate")}
+DENSE_METRICS = {kind: tuple(scored_metrics(kind)) for kind in sorted(DENSE_KINDS)}
 
 
 def dihedral(x: torch.Tensor) -> list[torch.Tensor]:
@@ -35,12 +39,10 @@ def split_scores(model, dataset, tasks: list[str], specs: dict, *, tta: bool = F
     the same forward passes (the un-augmented view) and ``dense`` is filled as :func:`dense_scores`
     returns it.
     """
-    from medmtl.data.dataset import collate
-
     model.eval()
     device = next(model.parameters()).device      # scores run where the model is; results on the CPU
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    out = {t: {"y": [], "p": [], "item": []} for t in tasks if specs[t].kind in CLASSIFICATION}
+    out = {t: {"y": [], "p": [], "item": []} for t in tasks if specs[t].kind in SINGLE_LABEL_KINDS}
     for batch in loader:
         mask = batch["label_mask"]
         on_device = {t: m.to(device) for t, m in mask.items()}
@@ -101,17 +103,10 @@ def per_image_metrics(kind: str, y: np.ndarray, p: np.ndarray) -> dict[str, np.n
     (n, 5), box fractions then objectness): box IoU and hit (IoU >= 0.5) for images with a
     lesion, NaN for images without one, which have no box to find.
     """
-    from medmtl.metrics import box_ious
-
     y, p = np.asarray(y), np.asarray(p)
     if kind == "segmentation":
-        pred, true = p >= 0.5, y > 0
-        axes = tuple(range(1, true.ndim))
-        inter, ps, ts = (pred & true).sum(axes), pred.sum(axes), true.sum(axes)
-        union = ps + ts - inter
-        return {"lesion": (ts > 0).astype(int),
-                "dice": np.where(ps + ts == 0, 1.0, 2 * inter / np.maximum(ps + ts, 1)),
-                "iou": np.where(union == 0, 1.0, inter / np.maximum(union, 1))}
+        lesion = (y > 0).reshape(len(y), -1).any(axis=1)
+        return {"lesion": lesion.astype(int), "dice": dice_per_image(y, p), "iou": iou_per_image(y, p)}
     if kind == "detection":
         has = y[:, 4] > 0.5
         ious = np.where(has, box_ious(y[:, :4], p[:, :4]), np.nan)
@@ -134,8 +129,6 @@ def dense_scores(model, dataset, tasks: list[str], specs: dict, *, batch_size: i
 
 def _add_dense(dense: dict, task: str, kind: str, output: torch.Tensor, rows: torch.Tensor, batch: dict) -> None:
     """Append one batch's per-image metrics of ``task`` to ``dense`` (lists, concatenated at the end)."""
-    from medmtl.engine.validate import _targets
-
     p = _scores(kind, output.float()).numpy()
     y = _targets(kind, batch["labels"][task], rows, batch["image"].shape[-1])
     for k, v in {"item": batch["index"][rows].numpy(), **per_image_metrics(kind, y, p)}.items():
@@ -160,8 +153,6 @@ def dense_metrics_of(rows: pd.DataFrame, *, n_boot: int = 2000, alpha: float = 0
     groups (patients; images for BUSI), see :func:`medmtl.evaluation.stats.bootstrap_ci`. A metric
     with no defined value, or too few images for a bootstrap, gets NaN bounds.
     """
-    from medmtl.evaluation.stats import bootstrap_ci
-
     out: dict = {}
     if rows is None or not len(rows):
         return out

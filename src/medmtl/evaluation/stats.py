@@ -335,6 +335,99 @@ def bootstrap_ci(metric_fn: Callable, y, scores, groups=None, n_boot: int = 2000
     return estimate, (float(lo), float(hi))
 
 
+def interval(metric_fn: Callable, y, scores, groups=None, n_boot: int = 1000, alpha: float = 0.05,
+             stratified: bool = True, random_state=0) -> tuple[float, float, float]:
+    """``(estimate, low, high)`` of :func:`bootstrap_ci`, all NaN where the metric is undefined (one
+    class present, too few cases): the report's form, where a missing interval is shown, not raised."""
+    y = np.asarray(y)
+    if len(y) == 0:
+        return math.nan, math.nan, math.nan
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)   # skipped resamples: the interval still stands
+            est, (lo, hi) = bootstrap_ci(metric_fn, y, scores, groups=groups, n_boot=n_boot, alpha=alpha,
+                                         stratified=stratified, random_state=random_state)
+    except ValueError:
+        try:
+            est = float(metric_fn(y, np.asarray(scores)))
+        except ValueError:
+            est = math.nan
+        return est, math.nan, math.nan
+    return est, lo, hi
+
+
+def bootstrap_auc_ci(y, scores, groups=None, n_boot: int = 1000, alpha: float = 0.05,
+                     random_state=0) -> tuple[float, float, float]:
+    """AUC and its (1 - alpha) percentile CI from a class-stratified bootstrap (of groups when given).
+
+    Args:
+        y: class index per image (``y_true`` of ``predictions.csv``).
+        scores: positive-class scores (n,), or probabilities (n, C): binary uses column 1, more
+            classes give the macro one-vs-rest AUC over the classes present.
+        groups: optional patient/lesion id per image; whole groups are resampled.
+
+    Returns:
+        ``(auc, low, high)``; all NaN when ``y`` holds fewer than two classes.
+
+    Example:
+        >>> auc, lo, hi = bootstrap_auc_ci(np.array([0, 0, 1, 1]), np.array([.1, .4, .35, .8]))
+        >>> round(auc, 2)
+        0.75
+    """
+    if len(np.unique(np.asarray(y))) < 2:
+        return math.nan, math.nan, math.nan
+    return interval(auc_fast, y, scores, groups=groups, n_boot=n_boot, alpha=alpha, random_state=random_state)
+
+
+def paired_bootstrap_test(y, scores_a, scores_b, metric_fn: Callable | None = None, groups=None,
+                          n_boot: int = 1000, random_state=0) -> float:
+    """Two-sided p-value of metric(a) = metric(b) on the same cases (default metric: AUC).
+
+    Each replicate resamples the cases (whole groups when given, within each class) once for both
+    models; the p-value is the share of replicate differences, re-centred on zero, at least as
+    extreme as the observed one (with the +1 correction, so it is never 0).
+    """
+    metric_fn = metric_fn or auc_fast
+    y = np.asarray(y)
+    if len(np.unique(y)) < 2:
+        return math.nan
+    a, b = np.asarray(scores_a), np.asarray(scores_b)
+    d_obs = metric_fn(y, a) - metric_fn(y, b)
+    rng = check_random_state(random_state)
+    draw = _resampler(y, groups, stratified=y.ndim == 1)
+    diffs = []
+    for _ in range(n_boot):
+        i = draw(rng)
+        diffs.append(metric_fn(y[i], a[i]) - metric_fn(y[i], b[i]))
+    diffs = np.asarray(diffs)
+    extreme = np.sum(np.abs(diffs - d_obs) >= abs(d_obs) - 1e-12)
+    return float((1 + extreme) / (1 + n_boot))
+
+
+def auc_fast(y, scores) -> float:
+    """ROC AUC as the Mann-Whitney statistic with average ranks for ties, equal to
+    :func:`medmtl.metrics.auc` (binary on the positive class, multiclass as macro one-vs-rest over
+    the classes present). A rank sum instead of scikit-learn's curve integral is ~20x faster, which
+    is what makes a 1000-replicate bootstrap cheap; a test holds the two equal."""
+    y = np.asarray(y)
+    s = np.asarray(scores, dtype=np.float64)
+    present = np.unique(y)
+    if len(present) < 2:
+        return math.nan
+    if s.ndim == 1 or s.shape[1] == 2:
+        return _binary_auc(y == (1 if s.ndim == 2 else present[-1]), s[:, 1] if s.ndim == 2 else s)
+    return float(np.mean([_binary_auc(y == c, s[:, c]) for c in present]))
+
+
+def _binary_auc(pos: np.ndarray, s: np.ndarray) -> float:
+    n1 = int(pos.sum())
+    n0 = len(pos) - n1
+    if n1 == 0 or n0 == 0:
+        return math.nan
+    ranks = rankdata(s)
+    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 # ----------------------------------------------------------------------------- repeated seeds
 def _values(values, name: str, min_len: int = 1) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)

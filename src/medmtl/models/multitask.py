@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
+from medmtl.errors import ConfigError
 from medmtl.models.heads import Features, Head, to_probabilities
 from medmtl.models.heads.build import DEFAULT_HEADS, build_heads
 
@@ -62,9 +63,9 @@ class MultiTaskModel(nn.Module):
         self.soft_weight = soft_weight
         self.trunk_factory = trunk_factory
         if sharing not in SHARING:
-            raise ValueError(f"sharing={sharing!r} is not supported; choose one of {list(SHARING)}")
+            raise ConfigError(f"sharing={sharing!r} is not supported; choose one of {list(SHARING)}")
         if trunk is None and trunk_factory is None:
-            raise ValueError("MultiTaskModel needs a trunk or a trunk_factory; got neither")
+            raise ConfigError("MultiTaskModel needs a trunk or a trunk_factory; got neither")
         self.tasks = {t.name: t for t in tasks}
         self.heads = heads if isinstance(heads, nn.ModuleDict) else nn.ModuleDict(dict(heads))
         self.head_of = check_heads_cover_tasks(self.heads, list(self.tasks))
@@ -205,7 +206,7 @@ def _own_rows(out: Outputs, label_mask: Mapping[str, torch.Tensor]) -> Outputs:
 def _check_mask(mask: torch.Tensor, task: str, batch_size: int) -> torch.Tensor:
     mask = torch.as_tensor(mask)
     if mask.shape != (batch_size,):
-        raise ValueError(f"label_mask[{task!r}] must have shape ({batch_size},) for a batch of {batch_size}; "
+        raise ConfigError(f"label_mask[{task!r}] must have shape ({batch_size},) for a batch of {batch_size}; "
                          f"got {tuple(mask.shape)}")
     return mask.bool()
 
@@ -220,13 +221,13 @@ def check_heads_cover_tasks(heads: nn.ModuleDict, tasks: list[str]) -> dict[str,
     for h, head in heads.items():
         for task in head.task_names:
             if task not in tasks:
-                raise ValueError(f"head {h!r} serves task {task!r}, which is not one of the model's tasks {tasks}")
+                raise ConfigError(f"head {h!r} serves task {task!r}, which is not one of the model's tasks {tasks}")
             if task in head_of:
-                raise ValueError(f"task {task!r} is served by two heads, {head_of[task]!r} and {h!r}")
+                raise ConfigError(f"task {task!r} is served by two heads, {head_of[task]!r} and {h!r}")
             head_of[task] = h
     missing = [t for t in tasks if t not in head_of]
     if missing:
-        raise ValueError(f"tasks {missing} have no head; heads serve {sorted(head_of)}")
+        raise ConfigError(f"tasks {missing} have no head; heads serve {sorted(head_of)}")
     return head_of
 
 
@@ -235,5 +236,5 @@ def check_corresponding_parameters(trunks: nn.ModuleDict) -> None:
     shapes = [{n: p.shape for n, p in t.named_parameters()} for t in trunks.values()]
     for name, s in zip(trunks, shapes):
         if s != shapes[0]:
-            raise ValueError(f"soft sharing needs trunks with corresponding parameters; the trunk of head {name!r} "
+            raise ConfigError(f"soft sharing needs trunks with corresponding parameters; the trunk of head {name!r} "
                              f"differs from the first one's (check trunk_factory builds one architecture)")

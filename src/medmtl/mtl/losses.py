@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss
 
 from medmtl._registry import Registry
+from medmtl.kinds import SINGLE_LABEL_KINDS
 
 LOSSES: Registry = Registry("loss")
 
@@ -92,7 +93,7 @@ def box_loss(output: torch.Tensor, target: Mapping[str, torch.Tensor], *,
 def _labelled(spec, target, rows_mask: torch.Tensor) -> torch.Tensor:
     """Rows with a label: the mask, and for class indices also a non-negative label (-1 = missing)."""
     keep = rows_mask.bool()
-    if spec.kind in ("binary", "multiclass", "ordinal"):
+    if spec.kind in SINGLE_LABEL_KINDS:
         keep = keep & (target >= 0)
     return keep
 

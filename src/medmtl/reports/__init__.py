@@ -5,8 +5,15 @@
 the ``results/predictions.csv`` rows of one finished training run (what the experiment runner
 calls for every arm and seed).
 """
-from medmtl.reports._stats import bootstrap_auc_ci, paired_bootstrap_auc_test
+from medmtl.reports import (  # noqa: F401  (registers the study sections)
+    section_comparisons,
+    section_data,
+    section_loto,
+    section_reference,
+    section_spearman,
+    section_training,
+)
 from medmtl.reports.predictions import write_predictions
 from medmtl.reports.report import write_report
 
-__all__ = ["bootstrap_auc_ci", "paired_bootstrap_auc_test", "write_predictions", "write_report"]
+__all__ = ["write_predictions", "write_report"]

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure as MplFigure
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import confusion_matrix, roc_curve
 
+from medmtl.evaluation.stats import auc_fast
 from medmtl.reports._layout import CLASSIFICATION, Inputs, model_run
 
 DPI = 96
@@ -28,8 +33,6 @@ class Figure:
 
 
 def new_figure(width: float, height: float):
-    from matplotlib.figure import Figure as MplFigure
-
     return MplFigure(figsize=(width, height), layout="constrained")
 
 
@@ -40,8 +43,6 @@ def encode(fig) -> str:
 
 
 def _colours(n: int) -> list:
-    from matplotlib import colormaps
-
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
 
@@ -50,8 +51,6 @@ def _colours(n: int) -> list:
 def roc_curve_of(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(fpr, tpr): binary on the positive (second) class; with more classes the macro average of the
     one-vs-rest curves of the classes present, their TPR interpolated on a common FPR grid."""
-    from sklearn.metrics import roc_curve
-
     if s.shape[1] == 2:
         fpr, tpr, _ = roc_curve(y == 1, s[:, 1])
         return fpr, tpr
@@ -92,8 +91,6 @@ def roc_figures(inputs: Inputs) -> list[Figure]:
 
 def _roc_figure(inputs: Inputs, task: str, info, curves: list, seed, level: str) -> Figure:
     """One ROC figure of ``task``: a curve per (arm, rows); ``level`` names group or image scoring."""
-    from medmtl.reports._stats import auc_fast
-
     fig = new_figure(4.6, 4.2)
     ax = fig.add_subplot()
     for (arm, rows), colour in zip(curves, _colours(len(curves))):
@@ -115,8 +112,6 @@ def _roc_figure(inputs: Inputs, task: str, info, curves: list, seed, level: str)
 
 # -- training curves ----------------------------------------------------------------------------
 def curve_figures(inputs: Inputs) -> list[Figure]:
-    from matplotlib.ticker import MaxNLocator
-
     figures = []
     for arm in inputs.arms:
         if any(a.startswith(f"{arm}/") for a in inputs.arm_dirs):
@@ -170,8 +165,6 @@ def _val_column(h: pd.DataFrame, task: str, info) -> str | None:
 
 # -- confusion matrices -------------------------------------------------------------------------
 def confusion_figures(inputs: Inputs) -> list[Figure]:
-    from sklearn.metrics import confusion_matrix
-
     seed = inputs.reference_seed
     figures = []
     for task, info in inputs.tasks.items():

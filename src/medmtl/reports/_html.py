@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as _dt
 from html import escape
 
-from medmtl.reports import _tables
+from medmtl.reports import _sections, _tables
 from medmtl.reports._figures import Figure
 from medmtl.reports._layout import Inputs
 
@@ -85,8 +85,6 @@ def render(inputs: Inputs, rows: list[dict], figures: list[Figure], sections: di
     def numbered(fig):  # study figures are numbered after the standard ones
         counter[0] += 1
         return _figure(fig, counter[0])
-
-    from medmtl.reports import _sections
 
     body.extend(_sections.html(sections or {}, numbered))
     for section, title, kind in SECTIONS:

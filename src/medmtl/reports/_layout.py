@@ -15,8 +15,10 @@ import pandas as pd
 import yaml
 
 from medmtl.errors import MedmtlError
+from medmtl.evaluation.groups import aggregate_groups, mixed_groups
+from medmtl.kinds import SINGLE_LABEL_KINDS
 
-CLASSIFICATION = ("binary", "multiclass", "ordinal")
+CLASSIFICATION = SINGLE_LABEL_KINDS   # the kinds with one score column per class in predictions.csv
 ID_COLUMNS = ("arm", "seed", "task", "split", "id", "group", "y_true")
 SCORE_PREFIX = "score_"
 
@@ -65,7 +67,6 @@ class Inputs:
         info = self.tasks[task]
         if info.evaluate_at != "group":
             return rows
-        from medmtl.experiment import aggregate_groups, mixed_groups
 
         mixed = mixed_groups(rows)
         if mixed:

@@ -9,11 +9,14 @@ import logging
 
 import numpy as np
 import torch
+from sklearn.manifold import TSNE
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 from torch import nn
 
+from medmtl.engine.predict import default_device
 from medmtl.reports._figures import Figure, _colours, encode, new_figure
 from medmtl.reports._layout import CLASSIFICATION
-from medmtl.engine.predict import default_device
 
 log = logging.getLogger("medmtl.reports")
 
@@ -65,10 +68,6 @@ def pooled_stage_features(trunk, dataset, idx: np.ndarray, batch_size: int, devi
 
 def tsne_figures(ref, max_images: int, seed: int = 0) -> list[Figure]:
     """One figure per trunk stage: t-SNE of the pooled features, coloured by class and by task/domain."""
-    from sklearn.manifold import TSNE
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-
     cfg, model, specs, dataset, arm, run_seed = ref
     n_all = len(dataset)
     rng = np.random.default_rng(seed)
@@ -161,6 +160,7 @@ def _display(image: torch.Tensor) -> np.ndarray:
 def gradcam_figures(ref, cases: int = GRADCAM_CASES, seed: int = 0) -> list[Figure]:
     """Per classification task: a few test images, the Grad-CAM of the predicted class on the last
     trunk stage, overlaid (``pytorch_grad_cam.GradCAM``)."""
+    # lazy: grad-cam takes seconds to import; only this figure needs it
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import show_cam_on_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

@@ -5,7 +5,7 @@ A section is a function ``(inputs) -> Section | None``, registered with ``@REPOR
 name, order=N)``; sections appear in ``order`` after the comparison table, in ``results.md``, in the
 HTML page and under ``sections.<name>`` of ``results.json``. Study modules (the leakage guard's counts,
 the published reference values, Spearman weights, LOTO ranks) plug in here instead of growing
-``report.py``.
+``report.py``; :mod:`medmtl.reports` imports every ``section_*`` module, which registers it.
 """
 from __future__ import annotations
 
@@ -15,10 +15,20 @@ import math
 from dataclasses import dataclass, field
 from html import escape
 
+import numpy as np
+
 from medmtl._registry import Registry
 from medmtl.reports._layout import Inputs
 
-REPORT_SECTIONS: Registry = Registry("report section")
+
+@dataclass(frozen=True)
+class SectionInfo:
+    """``order``: where the section stands on the page (smaller first)."""
+
+    order: int = 50
+
+
+REPORT_SECTIONS: Registry = Registry("report section", SectionInfo)
 log = logging.getLogger("medmtl.reports")
 
 
@@ -40,9 +50,8 @@ def build_sections(inputs: Inputs) -> dict[str, Section]:
     A section that fails is reported as a note and left out: one broken study table must not cost
     the whole report.
     """
-    _import_sections()
     out = {}
-    for name in sorted(REPORT_SECTIONS.list(), key=lambda n: (REPORT_SECTIONS.meta(n).get("order", 50), n)):
+    for name in sorted(REPORT_SECTIONS.list(), key=lambda n: (REPORT_SECTIONS.meta(n).order, n)):
         try:
             section = REPORT_SECTIONS.get(name)(inputs)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a visible note
@@ -52,17 +61,6 @@ def build_sections(inputs: Inputs) -> dict[str, Section]:
         if section is not None:
             out[name] = section
     return out
-
-
-def _import_sections() -> None:
-    import importlib
-    import pkgutil
-
-    import medmtl.reports as pkg
-
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name.startswith("section_"):
-            importlib.import_module(f"medmtl.reports.{mod.name}")
 
 
 def seed_values(metrics: dict | None, arm: str, task: str, split: str, metric: str) -> list[float]:
@@ -116,8 +114,6 @@ def json_data(sections: dict[str, Section]) -> dict:
 
 
 def _json_default(obj):
-    import numpy as np
-
     if isinstance(obj, np.generic):
         return obj.item()
     return str(obj)

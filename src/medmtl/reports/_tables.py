@@ -6,12 +6,12 @@ What the numbers are (the page and ``results.md`` repeat this):
 * ``mean``/``std``: over the seeds (std with ddof=1; empty with one seed). Values come from
   ``results/metrics.json``, or are computed from ``predictions.csv`` when that file is absent.
 * ``ref``/``ci_low``/``ci_high``: the reference seed's (seed 0, else the smallest) test-set value
-  and its 95% CI. AUC of a binary task: DeLong's CI when ``medmtl.evaluation.stats`` is installed,
-  else a class-stratified bootstrap over images; every other metric: a plain bootstrap over images
+  and its 95% CI. AUC of a binary task with two cases and two controls: DeLong's CI, else a
+  class-stratified bootstrap over images; every other metric: a plain bootstrap over images
   (stratifying would hide the variance of the class mix). The CI is the
   test-set sampling uncertainty of one trained model; ``std`` is the spread over training seeds.
 * ``p_value`` (AUC only): each arm against the first arm on the reference seed's test images that
-  both arms scored (matched by ``id``): DeLong's paired test for binary tasks when available, else a
+  both arms scored (matched by ``id``): DeLong's paired test for binary tasks, else a
   paired stratified bootstrap of the AUC difference (re-centred on zero).
 * Tasks with ``evaluate_at: group`` are scored per group (the mean score of its images), as the
   experiment runner scores them in ``metrics.json``; CIs, p-values, ROC and confusion use groups.
@@ -25,25 +25,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medmtl.metrics import METRICS
-from medmtl.reports import _stats
+from medmtl.evaluation import stats
+from medmtl.kinds import SINGLE_LABEL_KINDS
+from medmtl.metrics import METRICS, table_metrics
+from medmtl.reports import _sections
 from medmtl.reports._layout import CLASSIFICATION, Inputs
 
 SPLIT = "test"
-KIND_METRICS = {"binary": ["auc", "accuracy"], "multiclass": ["auc", "accuracy"], "ordinal": ["auc", "accuracy"],
-                "multilabel": ["auc"], "segmentation": ["dice", "iou"], "detection": ["box_iou", "hit_rate"]}
+ALPHA = 0.05   # the CIs are 95%
 # metrics a bootstrap can recompute from predictions.csv (per-image class scores)
-FROM_SCORES = ("auc", "accuracy", "balanced_accuracy", "cross_entropy", "sensitivity", "specificity")
+FROM_SCORES = frozenset(n for n in METRICS.names() if METRICS.meta(n).kinds & SINGLE_LABEL_KINDS)
 CI_SUFFIXES = ("_ci_low", "_ci_high")
 
 
 def summarise(inputs: Inputs, *, n_boot: int = 1000) -> list[dict]:
     """One row per arm x task that has a test-split result, in arm then task order."""
     ref = inputs.reference_seed
-    delong = _stats.delong_available()
-    if not delong:
-        inputs.note("table", "medmtl.evaluation.stats (DeLong) is not installed: AUC CIs and p-values use the "
-                              f"stratified bootstrap ({n_boot} replicates)")
     rows = []
     for task, info in inputs.tasks.items():
         for arm in inputs.arms:
@@ -62,10 +59,10 @@ def summarise(inputs: Inputs, *, n_boot: int = 1000) -> list[dict]:
                      "std": float(arr.std(ddof=1)) if arr.size > 1 else math.nan,
                      "values": vals, "ref": math.nan, "ci_low": math.nan, "ci_high": math.nan,
                      "ci_method": "", "p_value": math.nan, "p_method": ""}
-                m.update(_ci(inputs, info, pred, name, delong, n_boot, per_seed.get(ref)))
+                m.update(_ci(inputs, info, pred, name, n_boot, per_seed.get(ref)))
                 row["metrics"][name] = m
             rows.append(row)
-    _p_values(inputs, rows, delong, n_boot)
+    _p_values(inputs, rows, n_boot)
     return rows
 
 
@@ -86,7 +83,7 @@ def _seed_metrics(inputs: Inputs, arm: str, task: str) -> dict[int, dict[str, fl
         if rows is None:
             continue
         y, s = rows["y_true"].to_numpy(int), inputs.scores(rows, task)
-        names = list(dict.fromkeys([info.metric or "auc", *KIND_METRICS[info.kind]]))
+        names = list(dict.fromkeys([info.metric or "auc", *table_metrics(info.kind)]))
         out[seed] = {n: float(METRICS.get(n)(y, s)) for n in names if n in FROM_SCORES}
     return out
 
@@ -94,11 +91,11 @@ def _seed_metrics(inputs: Inputs, arm: str, task: str) -> dict[int, dict[str, fl
 def _metric_order(info, per_seed: dict) -> list[str]:
     # <metric>_ci_low/_ci_high are the bounds metrics.json stores for segmentation/detection metrics
     present = list(dict.fromkeys(k for v in per_seed.values() for k in v if not k.endswith(CI_SUFFIXES)))
-    first = [m for m in [info.metric, *KIND_METRICS.get(info.kind, [])] if m in present]
+    first = [m for m in [info.metric, *table_metrics(info.kind)] if m in present]
     return list(dict.fromkeys(first + present))
 
 
-def _ci(inputs: Inputs, info, pred, name: str, delong: bool, n_boot: int, ref_values: dict | None = None) -> dict:
+def _ci(inputs: Inputs, info, pred, name: str, n_boot: int, ref_values: dict | None = None) -> dict:
     if info.kind not in CLASSIFICATION:
         ref_values = ref_values or {}
         if f"{name}_ci_low" in ref_values:
@@ -112,14 +109,14 @@ def _ci(inputs: Inputs, info, pred, name: str, delong: bool, n_boot: int, ref_va
     if pred is None:
         return {"ci_method": f"none: no {SPLIT} predictions for seed {inputs.reference_seed}"}
     y, s = pred["y_true"].to_numpy(int), inputs.scores(pred, info.name)
-    if name == "auc" and delong and s.shape[1] == 2 and _two_per_class(y):
-        est, lo, hi = _stats.delong_auc_ci(y, s[:, 1])
+    if name == "auc" and s.shape[1] == 2 and _two_per_class(y):
+        est, (lo, hi) = stats.delong_ci(y, s[:, 1].astype(float), alpha=ALPHA)
         method = "DeLong"
     elif name == "auc":
-        est, lo, hi = _stats.bootstrap_auc_ci(y, s, n_boot=n_boot, seed=0)
+        est, lo, hi = stats.bootstrap_auc_ci(y, s, n_boot=n_boot, alpha=ALPHA, random_state=0)
         method = f"stratified bootstrap ({n_boot})" + ("" if s.shape[1] == 2 else ", macro one-vs-rest")
     else:
-        est, lo, hi = _stats.bootstrap_ci(METRICS.get(name), y, s, n_boot=n_boot, seed=0, stratified=False)
+        est, lo, hi = stats.interval(METRICS.get(name), y, s, n_boot=n_boot, alpha=ALPHA, stratified=False)
         method = f"bootstrap ({n_boot})"
     unit = ", per group (mean score of its images)" if info.evaluate_at == "group" else ""
     return {"ref": est, "ci_low": lo, "ci_high": hi, "ci_method": f"{method}, seed {inputs.reference_seed}{unit}"}
@@ -131,7 +128,7 @@ def _two_per_class(y: np.ndarray) -> bool:
     return len(counts) == 2 and counts.min() >= 2
 
 
-def _p_values(inputs: Inputs, rows: list[dict], delong: bool, n_boot: int) -> None:
+def _p_values(inputs: Inputs, rows: list[dict], n_boot: int) -> None:
     """AUC of each arm against the first arm with predictions for the task, on shared test ids."""
     ref = inputs.reference_seed
     if len(inputs.arms) < 2:
@@ -162,11 +159,11 @@ def _p_values(inputs: Inputs, rows: list[dict], delong: bool, n_boot: int) -> No
                 continue
             s0, s1 = inputs.scores(base_rows.loc[ids], task), inputs.scores(other.loc[ids], task)
             cases = f"{len(ids)} {'groups' if info.evaluate_at == 'group' else 'images'}"
-            if delong and s0.shape[1] == 2 and _two_per_class(y):
-                m["p_value"] = _stats.delong_p_value(y, s1[:, 1], s0[:, 1])
+            if s0.shape[1] == 2 and _two_per_class(y):
+                m["p_value"] = float(stats.delong_test(y, s1[:, 1].astype(float), s0[:, 1].astype(float))[1])
                 m["p_method"] = f"DeLong paired, vs {base}, {cases}, seed {ref}"
             else:
-                m["p_value"] = _stats.paired_bootstrap_auc_test(y, s1, s0, n_boot=n_boot, seed=0)
+                m["p_value"] = stats.paired_bootstrap_test(y, s1, s0, n_boot=n_boot, random_state=0)
                 m["p_method"] = f"paired bootstrap ({n_boot}), vs {base}, {cases}, seed {ref}"
 
 
@@ -242,13 +239,11 @@ def _json_safe(obj):
 
 def write_tables(inputs: Inputs, rows: list[dict], out_dir: Path, sections: dict | None = None) -> dict[str, Path]:
     """results.json, results.csv and results.md in ``out_dir`` (with the study ``sections``)."""
-    from medmtl.reports import _sections
-
     sections = sections or {}
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {k: out_dir / f"results.{k}" for k in ("json", "csv", "md")}
     doc = {"run_dir": str(inputs.run_dir), "split": SPLIT, "arms": inputs.arms, "baseline_arm": inputs.arms[0],
-           "seeds": inputs.seeds, "reference_seed": inputs.reference_seed, "ci_level": 1 - _stats.ALPHA,
+           "seeds": inputs.seeds, "reference_seed": inputs.reference_seed, "ci_level": 1 - ALPHA,
            "rows": rows, "notes": [f"{s}: {m}" for s, m in inputs.notes], "method": __doc__,
            "sections": _sections.json_data(sections)}
     paths["json"].write_text(json.dumps(_json_safe(doc), indent=2))
@@ -258,8 +253,6 @@ def write_tables(inputs: Inputs, rows: list[dict], out_dir: Path, sections: dict
 
 
 def markdown(inputs: Inputs, rows: list[dict], sections: dict | None = None) -> str:
-    from medmtl.reports import _sections
-
     names = metric_names(rows)
     lines = [f"# Results: {inputs.run_dir.name}", "",
              (f"Test split. Cells: mean ± std over seeds · seed-{inputs.reference_seed} value [95% CI] "

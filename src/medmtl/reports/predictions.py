@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from medmtl.engine.predict import default_device
+from medmtl.data.dataset import MultiTaskDataset
+from medmtl.data.pipeline import prepare
+from medmtl.engine.predict import default_device, load_run
 from medmtl.errors import MedmtlError
+from medmtl.evaluation.predictions import prediction_rows, split_scores
 from medmtl.reports._layout import CLASSIFICATION, ID_COLUMNS
 
 log = logging.getLogger("medmtl.reports")
@@ -20,10 +23,6 @@ def load_split(run_dir: Path, split: str = "test"):
     The data are rebuilt from the run's own config (the decode cache makes this fast) and its own
     split files: ``cfg.run_dir`` is pointed at ``run_dir`` so a moved run still finds them.
     """
-    from medmtl.data.dataset import MultiTaskDataset
-    from medmtl.data.pipeline import prepare
-    from medmtl.engine.predict import load_run
-
     run_dir = Path(run_dir)
     cfg, model, specs = load_run(run_dir, device=default_device())
     cfg.run_dir = run_dir
@@ -61,8 +60,6 @@ def write_predictions(run_dir: str | Path, arm: str, seed: int, split: str = "te
     Raises:
         MedmtlError: no checkpoint in ``run_dir``, or ``split`` is not ``val``/``test``.
     """
-    from medmtl.evaluation.predictions import prediction_rows, split_scores
-
     if split not in ("val", "test"):
         raise MedmtlError(f"write_predictions: split={split!r}; choose 'val' or 'test'")
     run_dir = Path(run_dir)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from medmtl.errors import MedmtlError
 from medmtl.reports import _figures, _html, _sections, _tables
+from medmtl.reports import _model_figures as mf
 from medmtl.reports._layout import model_run, read_inputs
+from medmtl.reports.predictions import load_split
 
 log = logging.getLogger("medmtl.reports")
 
@@ -63,8 +65,6 @@ def write_report(run_dir: str | Path, *, tsne: bool = True, gradcam: bool = True
 
 
 def _model_figures(inputs, tsne: bool, gradcam: bool, max_images: int) -> list:
-    from medmtl.reports import _model_figures as mf
-
     if not tsne:
         inputs.note("tsne", "t-SNE not requested (tsne=False)")
     if not gradcam:
@@ -87,7 +87,6 @@ def _model_figures(inputs, tsne: bool, gradcam: bool, max_images: int) -> list:
         for k in wanted:
             inputs.note(k, f"not drawn: {why}")
         return []
-    from medmtl.reports.predictions import load_split
 
     try:
         cfg, model, specs, dataset = load_split(run, "test")

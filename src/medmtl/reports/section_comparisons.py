@@ -12,9 +12,11 @@ import math
 
 import numpy as np
 
-from medmtl.reports import _stats
+from medmtl.evaluation import stats
+from medmtl.evaluation.stats import holm, significant_by_2std, wilcoxon_holm
 from medmtl.reports._layout import CLASSIFICATION
 from medmtl.reports._sections import REPORT_SECTIONS, Section
+from medmtl.reports._tables import _seed_metrics
 
 ALPHA = 0.05
 
@@ -29,8 +31,6 @@ def default_pairs(config: dict) -> list[tuple[str, str]]:
 
 def _seed_aucs(inputs, arm, task) -> dict[int, float]:
     """{seed: test AUC} of one arm and task, as the comparison table reads them."""
-    from medmtl.reports._tables import _seed_metrics
-
     values = {s: m.get("auc") for s, m in _seed_metrics(inputs, arm, task).items()}
     return {s: v for s, v in values.items() if v is not None and math.isfinite(v)}
 
@@ -63,11 +63,11 @@ def comparisons_section(inputs) -> Section | None:
             y = pa.loc[ids, "y_true"].to_numpy(int)
             sa, sb = inputs.scores(pa.loc[ids], task), inputs.scores(pb.loc[ids], task)
             binary = sa.shape[1] == 2
-            auc_a, auc_b = _stats.auc_fast(y, sa), _stats.auc_fast(y, sb)
-            if binary and _stats.delong_available() and np.bincount(y, minlength=2).min() >= 2:
-                p, how = _stats.delong_p_value(y, sa[:, 1], sb[:, 1]), "DeLong paired"
+            auc_a, auc_b = stats.auc_fast(y, sa), stats.auc_fast(y, sb)
+            if binary and np.bincount(y, minlength=2).min() >= 2:
+                p, how = float(stats.delong_test(y, sa[:, 1].astype(float), sb[:, 1].astype(float))[1]), "DeLong paired"
             else:
-                p, how = _stats.paired_bootstrap_auc_test(y, sa, sb, n_boot=1000, seed=0), "paired bootstrap"
+                p, how = stats.paired_bootstrap_test(y, sa, sb, n_boot=1000, random_state=0), "paired bootstrap"
             va, vb = _seed_aucs(inputs, a, task), _seed_aucs(inputs, b, task)
             common = sorted(set(va) & set(vb))
             row = {"comparison": f"{a} vs {b}", "task": task, "cases": f"{len(ids)} "
@@ -75,8 +75,6 @@ def comparisons_section(inputs) -> Section | None:
                    "AUC a": auc_a, "AUC b": auc_b, "difference": auc_a - auc_b,
                    "p": p, "test": how, "seeds": len(common)}
             if len(common) >= 2:
-                from medmtl.evaluation.stats import significant_by_2std
-
                 xa, xb = [va[s] for s in common], [vb[s] for s in common]
                 row.update({"mean a": float(np.mean(xa)), "mean b": float(np.mean(xb)),
                             "2-std rule": "significant" if significant_by_2std(xa, xb) else "not significant",
@@ -91,8 +89,6 @@ def comparisons_section(inputs) -> Section | None:
     seeded = {f"{r['comparison']} / {r['task']}": r.pop("_diffs") for r in rows if "_diffs" in r}
     wilcoxon = {}
     if seeded:
-        from medmtl.evaluation.stats import wilcoxon_holm
-
         wilcoxon = wilcoxon_holm(seeded)
         for r in rows:
             w = wilcoxon.get(f"{r['comparison']} / {r['task']}")
@@ -108,8 +104,6 @@ def comparisons_section(inputs) -> Section | None:
 
 
 def _holm(ps):
-    from medmtl.evaluation.stats import holm
-
     arr = np.array([p if math.isfinite(p) else 1.0 for p in ps])
     out = holm(arr) if len(arr) else arr
     return [float(v) if math.isfinite(p) else math.nan for v, p in zip(out, ps)]

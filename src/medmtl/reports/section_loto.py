@@ -1,7 +1,7 @@
 """Leave-one-task-out pre-training (Mormont et al. 2020) in the report: the rank table of the
 pre-training combinations and the transfer comparison with its score-difference figures.
 
-Inputs: ``loto/rank_table.csv`` and ``loto/summary.json`` (written by :func:`medmtl.transfer.loto.run_loto`)
+Inputs: ``loto/rank_table.csv`` and ``loto/summary.json`` (written by :func:`medmtl.protocols.loto.run_loto`)
 and ``results/metrics.json``, where the LOTO arms (``loto_feature_extraction``, ``loto_finetune``,
 ``loto_joint``) sit beside the experiment's baselines. The baselines are found by strategy among the
 experiment's arms: ``feature_extraction`` and ``finetune`` without ``source_arm`` (the trunk the config

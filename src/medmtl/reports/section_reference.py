@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from medmtl.reports._sections import REPORT_SECTIONS, Section, seed_values
+from medmtl.reports.section_training import _runs, best_row
 
 
 def _mean_std_n(vals: list[float]) -> tuple[float, float, int]:
@@ -30,8 +31,6 @@ HISTORY_COLUMNS = {("train", "loss"): "train_loss", ("train", "accuracy"): "trai
 
 def from_history(inputs, v: dict) -> tuple[float, float, int]:
     """(mean, std, n seeds) of a value at the best epoch of each seed's run (``history.csv``)."""
-    from medmtl.reports.section_training import _runs, best_row
-
     split, metric = v.get("split", "test"), v.get("metric", "auc")
     column = f"{HISTORY_COLUMNS.get((split, metric), f'{split}_{metric}')}/{v['task']}"
     vals = []

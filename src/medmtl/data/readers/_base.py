@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,15 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 from medmtl._registry import Registry
 from medmtl.data.records import ReadResult
 
-READERS: Registry[type["Reader"]] = Registry("reader")
+
+@dataclass(frozen=True)
+class ReaderInfo:
+    """``targets``: what a task's ``target`` may name (``()``: the columns the config declares)."""
+
+    targets: tuple
+
+
+READERS: Registry[type["Reader"]] = Registry("reader", ReaderInfo)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".gif", ".webp")
 

@@ -22,6 +22,7 @@ import re
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 
 from medmtl.data.readers._base import READERS, DirPath, Reader
 from medmtl.data.records import FileSource, ReadResult, Record, Skipped, TargetInfo
@@ -33,8 +34,6 @@ CHARACTERISTICS = ("lesion_size", "circularity", "taller_than_wide")
 
 
 def _read_mask(path) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(path) as img:
         return np.asarray(img.convert("L")) > 0
 
@@ -49,7 +48,10 @@ def _box_of(mask: np.ndarray) -> np.ndarray | None:
 def lesion_characteristics(mask: np.ndarray) -> dict[str, float] | None:
     """``lesion_size``, ``circularity`` and ``taller_than_wide`` of a binary mask's largest
     connected component (8-connectivity), or None when the mask is empty. See the module docstring."""
-    from skimage.measure import label, regionprops
+    from skimage.measure import (  # lazy: optional (test extra); only multi-lesion masks need it
+        label,
+        regionprops,
+    )
 
     regions = regionprops(label(mask, connectivity=2))
     if not regions:
@@ -71,8 +73,6 @@ def mask_box(path) -> np.ndarray | None:
 
 
 def _image_size(path) -> tuple[int, int]:
-    from PIL import Image
-
     with Image.open(path) as img:  # header only: no pixel decode
         return img.size
 

@@ -10,6 +10,7 @@ from pathlib import Path, PureWindowsPath
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 from pydantic import model_validator
 
 from medmtl.data.readers._base import READERS, AnyPath, FilePath, Reader
@@ -69,8 +70,6 @@ class ManifestReader(Reader):
         return cols + list(self.box_columns or ())
 
     def read(self) -> ReadResult:
-        import pandas as pd
-
         table = pd.read_csv(self.path, dtype=str, keep_default_na=False)
         missing_cols = [c for c in self._columns() if c not in table.columns]
         if missing_cols:

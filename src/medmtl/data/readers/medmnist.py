@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 from pydantic import model_validator
 
+from medmtl.data.download import download_medmnist
 from medmtl.data.readers._base import READERS, AnyPath, Reader
 from medmtl.data.records import ArraySource, ReadResult, Record, TargetInfo, _npz_member
 from medmtl.errors import DataError
@@ -57,7 +58,6 @@ class MedMNISTReader(Reader):
         if not path.is_file():
             if not self.download or self.flag is None:
                 raise FileNotFoundError(f"{path} does not exist; set download: true and flag to fetch it")
-            from medmtl.data.download import download_medmnist
 
             download_medmnist(self.flag, path.parent, size=self.size)
         try:

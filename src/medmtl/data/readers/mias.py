@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 from pydantic import Field
 
 from medmtl.data.readers._base import READERS, DirPath, Reader
@@ -107,8 +108,6 @@ class MIASReader(Reader):
     min_size: int = Field(32, ge=4)
 
     def read(self) -> ReadResult:
-        from PIL import Image
-
         info_path = self.root / self.info
         if not info_path.is_file():
             raise DataError(f"{self.root}: label table {self.info!r} not found")

@@ -33,10 +33,19 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, model_validator
 
 from medmtl.data.readers._base import READERS, FilePath, Reader, expand_path
-from medmtl.data.records import ImageSource, ReadResult, Record, Skipped, TargetInfo, file_digest
+from medmtl.data.records import (
+    ImageSource,
+    ReadResult,
+    Record,
+    Skipped,
+    TargetInfo,
+    file_digest,
+)
 from medmtl.errors import DataError, MedmtlError
 
 Plane = Literal["axial", "coronal", "sagittal"]
@@ -56,8 +65,9 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 _PERCENTILE_SAMPLES = 2_000_000
 
 
-class VolumeError(ValueError):
-    """A volume file exists but cannot be turned into a consistent 3D array."""
+class VolumeError(DataError):
+    """A volume file exists but cannot be turned into a consistent 3D array (a ``DataError``: the CLI
+    prints it as one line naming the file)."""
 
 
 def _require(module: str):
@@ -234,9 +244,6 @@ def resample_image(voxels: np.ndarray, spacing, target: float | None) -> np.ndar
     shape = resampled_shape(voxels.shape, spacing, target)
     if shape == voxels.shape:
         return voxels
-    import torch
-    import torch.nn.functional as F
-
     tensor = torch.from_numpy(np.ascontiguousarray(voxels, dtype=np.float32))[None, None]
     out = F.interpolate(tensor, size=shape, mode="trilinear", align_corners=False)
     return out[0, 0].numpy()
@@ -540,6 +547,8 @@ def _probe(path: Path) -> _VolumeInfo | str:
     """Decode a volume once to prove it is readable; the reason string when it is not."""
     try:
         voxels, spacing = load_volume(path)
+    except VolumeError as exc:   # a corrupt file is skipped and listed, like an unreadable image
+        return f"unreadable volume: {type(exc).__name__}: {exc}"
     except (ImportError, MemoryError, MedmtlError):
         raise
     except Exception as exc:  # decoders raise many unrelated types (EOFError, zlib.error ...) on corrupt data
@@ -550,6 +559,8 @@ def _probe(path: Path) -> _VolumeInfo | str:
 def _read_mask(path: Path) -> np.ndarray | str:
     try:
         return load_mask(path)
+    except VolumeError as exc:
+        return f"unreadable mask: {type(exc).__name__}: {exc}"
     except (ImportError, MemoryError, MedmtlError):
         raise
     except Exception as exc:  # see _probe

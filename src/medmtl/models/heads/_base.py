@@ -19,7 +19,18 @@ from torch import nn
 
 from medmtl._registry import Registry
 
-HEADS: Registry = Registry("head")
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """``task_types``: the task kinds it serves; ``needs_pyramid``: it reads the trunk's multi-scale
+    features (a decoder), not only the pooled vector; ``multi_task``: one head for several tasks."""
+
+    task_types: frozenset
+    needs_pyramid: bool
+    multi_task: bool
+
+
+HEADS: Registry = Registry("head", HeadInfo)
 
 
 @dataclass

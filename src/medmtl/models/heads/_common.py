@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import torch
 
+from medmtl.errors import ConfigError
+from medmtl.kinds import CLASSIFICATION_KINDS, KINDS, SINGLE_LABEL_KINDS
 from medmtl.models.heads._base import HEADS
 
-CLASSIFICATION_KINDS = frozenset({"binary", "multiclass", "ordinal", "multilabel"})
+__all__ = ["CLASSIFICATION_KINDS", "check_head_tasks", "to_probabilities"]
 
 
 def check_head_tasks(head: str, tasks) -> list:
@@ -19,11 +21,11 @@ def check_head_tasks(head: str, tasks) -> list:
     """
     tasks = list(tasks)
     if not tasks:
-        raise ValueError(f"head {head!r} needs at least one task; got none")
-    allowed = HEADS.meta(head)["task_types"]
+        raise ConfigError(f"head {head!r} needs at least one task; got none")
+    allowed = HEADS.meta(head).task_types
     for t in tasks:
         if t.kind not in allowed:
-            raise ValueError(f"task {t.name!r} has kind {t.kind!r}, which head {head!r} does not support; "
+            raise ConfigError(f"task {t.name!r} has kind {t.kind!r}, which head {head!r} does not support; "
                              f"it serves {sorted(allowed)}")
     return tasks
 
@@ -34,11 +36,11 @@ def to_probabilities(kind: str, output: torch.Tensor) -> torch.Tensor:
     Softmax for single-label classification, sigmoid for multilabel and segmentation; for
     detection the box fractions are kept and the objectness logit becomes a probability.
     """
-    if kind in ("binary", "multiclass", "ordinal"):
+    if kind in SINGLE_LABEL_KINDS:
         return output.softmax(dim=1)
     if kind in ("multilabel", "segmentation"):
         return output.sigmoid()
     if kind == "detection":
         return torch.cat([output[:, :4], output[:, 4:].sigmoid()], dim=1)
-    raise ValueError(f"task kind {kind!r} has no probability form; choose one of "
-                     f"{sorted(CLASSIFICATION_KINDS | {'segmentation', 'detection'})}")
+    raise ConfigError(f"task kind {kind!r} has no probability form; choose one of "
+                     f"{sorted(KINDS)}")

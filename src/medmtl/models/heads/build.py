@@ -86,7 +86,7 @@ def _check_head_kinds(key: str, name: str | None, group: list) -> None:
     if name is None:
         raise ConfigError(f"heads.{key}: task kind {group[0].kind!r} has no default head; "
                           f"kinds with one: {sorted(DEFAULT_HEADS)}")
-    allowed = HEADS.meta(name)["task_types"]        # KeyError listing the heads for an unknown name
+    allowed = HEADS.meta(name).task_types        # UnknownNameError listing the heads
     for t in group:
         if t.kind not in allowed:
             raise ConfigError(f"heads.{key}: task {t.name!r} has kind {t.kind!r}, which head {name!r} does not "

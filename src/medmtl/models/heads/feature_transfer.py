@@ -6,12 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medmtl.kinds import DENSE_KINDS, SINGLE_LABEL_KINDS
 from medmtl.models.heads._base import HEADS, Features, Head
 from medmtl.models.heads._common import check_head_tasks
 from medmtl.models.heads.box import box_output
 from medmtl.models.heads.segmentation import _UpBlock, decoder_widths
-
-CLS_KINDS = frozenset({"binary", "multiclass", "ordinal"})
 
 
 def split_by_branch(tasks: list) -> tuple[list, object, object]:
@@ -20,7 +19,7 @@ def split_by_branch(tasks: list) -> tuple[list, object, object]:
     Raises:
         ValueError: no classification task, or not exactly one segmentation and one detection task.
     """
-    cls = [t for t in tasks if t.kind in CLS_KINDS]
+    cls = [t for t in tasks if t.kind in SINGLE_LABEL_KINDS]
     seg = [t for t in tasks if t.kind == "segmentation"]
     det = [t for t in tasks if t.kind == "detection"]
     if not cls or len(seg) != 1 or len(det) != 1:
@@ -36,7 +35,7 @@ def _conv_bn_relu(in_chs: int, out_chs: int, k: int = 1) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
-@HEADS.register("feature_transfer", task_types=CLS_KINDS | {"segmentation", "detection"}, needs_pyramid=True,
+@HEADS.register("feature_transfer", task_types=SINGLE_LABEL_KINDS | DENSE_KINDS, needs_pyramid=True,
                 multi_task=True)
 class FeatureTransferHead(Head):
     """Classification, segmentation and detection branches that pass features to each other.

@@ -16,6 +16,7 @@ from medmtl.models.trunks._pretrained import (
 )
 from medmtl.models.trunks.alexnet import AlexNetTrunk
 from medmtl.models.trunks.resnext29 import ResNeXt29
+from medmtl.models.trunks.timm_trunk import TimmTrunk
 
 __all__ = [
     "EFFICIENTNET_LITE0_PRETRAINED_CFG",
@@ -34,11 +35,3 @@ __all__ = [
     "save_trunk",
 ]
 
-
-def __getattr__(name: str):
-    # TimmTrunk imports timm (seconds); load it only when asked for.
-    if name == "TimmTrunk":
-        from medmtl.models.trunks.timm_trunk import TimmTrunk
-
-        return TimmTrunk
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

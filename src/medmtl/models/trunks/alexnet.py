@@ -12,7 +12,6 @@ Supports 2-D images; with ``small_input=False`` a 64 px input ends at 1x1.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from medmtl.models.trunks._base import TRUNKS, Trunk

@@ -8,7 +8,13 @@ Example:
     >>> w = create_weighting("main_aux").setup(tasks)          # doctest: +SKIP
     >>> total, weights = w({"severity": l0, "tissue": l1})     # doctest: +SKIP
 """
-from medmtl.mtl.weightings._base import WEIGHTINGS, Weighting, create_weighting
+from medmtl.mtl.weightings._base import (
+    WEIGHTINGS,
+    Weighting,
+    WeightingInfo,
+    check_weighting_kwargs,
+    create_weighting,
+)
 from medmtl.mtl.weightings._jacobian import JacobianWeighting
 from medmtl.mtl.weightings.cagrad import CagradWeighting
 from medmtl.mtl.weightings.dwa import DwaWeighting
@@ -26,6 +32,8 @@ from medmtl.mtl.weightings.upgrad import UpgradWeighting
 
 __all__ = [
     "WEIGHTINGS",
+    "WeightingInfo",
+    "check_weighting_kwargs",
     "CagradWeighting",
     "DwaWeighting",
     "EqualWeighting",

@@ -23,18 +23,34 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from medmtl._registry import Registry, did_you_mean
+from medmtl.errors import ConfigError
 
-__all__ = ["WEIGHTINGS", "Weighting", "create_weighting"]
+__all__ = ["WEIGHTINGS", "Weighting", "WeightingInfo", "check_weighting_kwargs", "create_weighting"]
 
 log = logging.getLogger("medmtl.mtl")
 
-WEIGHTINGS: Registry[type["Weighting"]] = Registry("weighting")
+@dataclass(frozen=True)
+class WeightingInfo:
+    """``needs_per_task_grads``: it combines per-task gradients (TorchJD), so the engine backpropagates
+    each task separately; ``stateful``: it keeps state across steps (saved in checkpoints);
+    ``needs_labels``: it reads the training labels at set-up (``spearman``); ``has_parameters``: it
+    learns parameters of its own (optimised with the model); ``extra``: the pip extra it needs."""
+
+    needs_per_task_grads: bool
+    stateful: bool
+    needs_labels: bool
+    has_parameters: bool
+    extra: str | None = None
+
+
+WEIGHTINGS: Registry[type["Weighting"]] = Registry("weighting", WeightingInfo)
 
 
 class Weighting(nn.Module):
@@ -69,10 +85,10 @@ class Weighting(nn.Module):
         tasks = list(tasks)
         names = [str(t.name) for t in tasks]
         if not names:
-            raise ValueError(f"{type(self).__name__}.setup(tasks=[]): a weighting needs at least one task")
+            raise ConfigError(f"{type(self).__name__}.setup(tasks=[]): a weighting needs at least one task")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"{type(self).__name__}.setup: task names must be unique; {dupes} appear more than once")
+            raise ConfigError(f"{type(self).__name__}.setup: task names must be unique; {dupes} appear more than once")
         self.tasks_ = names
         self.roles_ = {str(t.name): str(getattr(t, "role", "main")) for t in tasks}
         self._setup(tasks, train_labels)
@@ -149,14 +165,14 @@ class Weighting(nn.Module):
         self._check_is_setup()
         unknown = [k for k in losses if k not in self.roles_]
         if unknown:
-            raise ValueError(f"losses name tasks {sorted(unknown)} that were not given to setup(); "
+            raise ConfigError(f"losses name tasks {sorted(unknown)} that were not given to setup(); "
                              f"known tasks: {self.tasks_}{did_you_mean(unknown[0], self.tasks_)}")
         if not losses:
-            raise ValueError("losses is empty; pass at least one task's loss")
+            raise ConfigError("losses is empty; pass at least one task's loss")
         for k, v in losses.items():
             if not isinstance(v, Tensor) or v.ndim != 0:
                 shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-                raise ValueError(f"losses[{k!r}] must be a scalar tensor (the task's mean loss); got {shape}")
+                raise ConfigError(f"losses[{k!r}] must be a scalar tensor (the task's mean loss); got {shape}")
         return [t for t in self.tasks_ if t in losses]
 
 
@@ -178,21 +194,21 @@ def check_task_dict(value: Mapping[str, Any] | None, name: str, allowed: Sequenc
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ValueError(f"{name} must be a mapping {{task: weight}}; got {type(value).__name__}")
+        raise ConfigError(f"{name} must be a mapping {{task: weight}}; got {type(value).__name__}")
     unknown = [k for k in value if k not in allowed]
     if unknown:
-        raise ValueError(f"{name} names {sorted(unknown)}, which are not among the tasks {list(allowed)}"
+        raise ConfigError(f"{name} names {sorted(unknown)}, which are not among the tasks {list(allowed)}"
                          f"{did_you_mean(unknown[0], allowed)}")
     out = {}
     for k, v in value.items():
         v = float(v)
         if not (v >= 0 and v < float("inf")):
-            raise ValueError(f"{name}[{k!r}]={v!r}: weights must be finite and >= 0")
+            raise ConfigError(f"{name}[{k!r}]={v!r}: weights must be finite and >= 0")
         out[k] = v
     return out
 
 
-def create_weighting(weighting: str | Weighting, **kwargs: Any) -> Weighting:
+def create_weighting(weighting: str | Weighting, *, where: str = "train.weighting", **kwargs: Any) -> Weighting:
     """Build a registered weighting from its name and hyper-parameters (or pass one through).
 
     Args:
@@ -203,8 +219,8 @@ def create_weighting(weighting: str | Weighting, **kwargs: Any) -> Weighting:
         The weighting, not yet set up.
 
     Raises:
-        KeyError: if the name is not registered (the message lists the registered ones).
-        ValueError: if a keyword is not a hyper-parameter of that weighting.
+        UnknownNameError: if the name is not registered (the message lists the registered ones).
+        ConfigError: if a keyword is not a hyper-parameter of that weighting.
 
     Example:
         >>> w = create_weighting("main_aux", m=0.7)
@@ -213,13 +229,18 @@ def create_weighting(weighting: str | Weighting, **kwargs: Any) -> Weighting:
     """
     if isinstance(weighting, Weighting):
         if kwargs:
-            raise ValueError(f"hyper-parameters {sorted(kwargs)} were given with an already built {weighting!r}; "
+            raise ConfigError(f"hyper-parameters {sorted(kwargs)} were given with an already built {weighting!r}; "
                              "pass the name instead, or set them when building it")
         return weighting
-    cls = WEIGHTINGS.get(weighting)
-    allowed = cls._param_names()
+    cls = WEIGHTINGS.get(weighting, f"{where}.name")
+    check_weighting_kwargs(weighting, kwargs, where)
+    return cls(**kwargs)
+
+
+def check_weighting_kwargs(name: str, kwargs: Mapping[str, Any], where: str = "train.weighting") -> None:
+    """Refuse a keyword that is not a hyper-parameter of the registered weighting ``name``."""
+    allowed = WEIGHTINGS.get(name, f"{where}.name")._param_names()
     unknown = [k for k in kwargs if k not in allowed]
     if unknown:
-        raise ValueError(f"weighting {weighting!r} has no hyper-parameter {unknown[0]!r}; it accepts {allowed}"
-                         f"{did_you_mean(unknown[0], allowed)}")
-    return cls(**kwargs)
+        raise ConfigError(f"{where}.kwargs: weighting {name!r} has no hyper-parameter {unknown[0]!r}; it accepts "
+                          f"{allowed}{did_you_mean(unknown[0], allowed)}")

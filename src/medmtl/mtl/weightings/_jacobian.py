@@ -7,8 +7,9 @@ aggregator (UPGrad, PCGrad, ...) and accumulates the result into ``.grad``.
 """
 from __future__ import annotations
 
-from importlib import import_module
 from collections.abc import Mapping, Sequence
+from importlib import import_module
+
 import torch
 from torch import Tensor
 
@@ -107,6 +108,7 @@ class JacobianWeighting(Weighting):
             ``{task: weight}`` for the tasks in ``losses`` (the aggregator's row weights, when it
             has them), else ``{}``.
         """
+        # lazy: TorchJD is heavy and only the Jacobian weightings need it
         from torchjd.autojac import backward as jac_backward
         from torchjd.autojac import jac_to_grad, mtl_backward
 

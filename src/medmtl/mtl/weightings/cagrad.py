@@ -34,6 +34,7 @@ class CagradWeighting(JacobianWeighting):
         self.parallel_chunk_size = parallel_chunk_size
 
     def _make_aggregator(self, n_tasks: int):
+        # lazy: TorchJD is heavy and only its weightings need it
         from torchjd.aggregation import CAGrad
 
         if not float(self.c) >= 0:

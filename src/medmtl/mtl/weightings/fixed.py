@@ -5,7 +5,13 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from medmtl.mtl.weightings._base import WEIGHTINGS, Weighting, check_task_dict, weighted_sum
+from medmtl.errors import ConfigError
+from medmtl.mtl.weightings._base import (
+    WEIGHTINGS,
+    Weighting,
+    check_task_dict,
+    weighted_sum,
+)
 
 __all__ = ["FixedWeighting"]
 
@@ -35,7 +41,7 @@ class FixedWeighting(Weighting):
         for t in tasks:
             w = given.get(t.name, float(getattr(t, "loss_weight", 1.0)))
             if not (w >= 0 and w < float("inf")):
-                raise ValueError(f"task {t.name!r}: loss_weight={w!r} must be finite and >= 0")
+                raise ConfigError(f"task {t.name!r}: loss_weight={w!r} must be finite and >= 0")
             resolved[t.name] = w
         self.weights_ = resolved
 

@@ -6,7 +6,13 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from medmtl.mtl.weightings._base import WEIGHTINGS, Weighting, check_task_dict, weighted_sum
+from medmtl.errors import ConfigError
+from medmtl.mtl.weightings._base import (
+    WEIGHTINGS,
+    Weighting,
+    check_task_dict,
+    weighted_sum,
+)
 
 __all__ = ["MainAuxWeighting"]
 
@@ -24,11 +30,11 @@ class _MainAuxBase(Weighting):
 
     def _setup(self, tasks, train_labels) -> None:
         if not 0.0 <= float(self.m) <= 1.0:
-            raise ValueError(f"{type(self).__name__}: m={self.m!r} is the main task's share of the loss and must "
+            raise ConfigError(f"{type(self).__name__}: m={self.m!r} is the main task's share of the loss and must "
                              "lie in [0, 1] (Fang et al. use 0.7)")
         mains = [t for t in self.tasks_ if self.roles_[t] == "main"]
         if len(mains) != 1:
-            raise ValueError(f"{type(self).__name__} needs exactly one task with role 'main'; got {mains or 'none'} "
+            raise ConfigError(f"{type(self).__name__} needs exactly one task with role 'main'; got {mains or 'none'} "
                              f"among {self.tasks_}. Set role: auxiliary on the others in the config")
         self.main_ = mains[0]
         self.aux_tasks_ = [t for t in self.tasks_ if t != self.main_]
@@ -86,6 +92,6 @@ class MainAuxWeighting(_MainAuxBase):
         given = check_task_dict(self.aux_weights, "main_aux weighting: aux_weights", self.aux_tasks_)
         missing = [t for t in self.aux_tasks_ if t not in given]
         if missing:
-            raise ValueError(f"main_aux weighting: aux_weights has no weight for auxiliary tasks {missing}; "
+            raise ConfigError(f"main_aux weighting: aux_weights has no weight for auxiliary tasks {missing}; "
                              "give every auxiliary task a weight, or leave aux_weights unset for 1/K each")
         return given

@@ -33,6 +33,7 @@ class MgdaWeighting(JacobianWeighting):
         self.parallel_chunk_size = parallel_chunk_size
 
     def _make_aggregator(self, n_tasks: int):
+        # lazy: TorchJD is heavy and only its weightings need it
         from torchjd.aggregation import MGDA
 
         return MGDA(epsilon=float(self.epsilon), max_iters=int(self.max_iters))

@@ -48,6 +48,7 @@ class NashMtlWeighting(JacobianWeighting):
         self.parallel_chunk_size = parallel_chunk_size
 
     def _make_aggregator(self, n_tasks: int):
+        # lazy: TorchJD is heavy and only its weightings need it
         from torchjd.aggregation import NashMTL
 
         return NashMTL(n_tasks=n_tasks, max_norm=float(self.max_norm),

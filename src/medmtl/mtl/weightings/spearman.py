@@ -6,7 +6,9 @@ import math
 import warnings
 
 import numpy as np
+from scipy.stats import spearmanr
 
+from medmtl.errors import ConfigError
 from medmtl.mtl.weightings._base import WEIGHTINGS
 from medmtl.mtl.weightings.main_aux import _MainAuxBase
 
@@ -18,10 +20,10 @@ log = logging.getLogger("medmtl.mtl")
 def _check_labels(value, name: str) -> np.ndarray:
     arr = np.asarray(value)
     if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of class indices (-1 = missing); got shape {arr.shape}. "
+        raise ConfigError(f"{name} must be a 1-D array of class indices (-1 = missing); got shape {arr.shape}. "
                          "Spearman weights are defined for single-label tasks only")
     if arr.dtype.kind not in "iuf":
-        raise ValueError(f"{name} must hold class indices; got dtype {arr.dtype}")
+        raise ConfigError(f"{name} must hold class indices; got dtype {arr.dtype}")
     return arr.astype(np.float64)
 
 
@@ -57,13 +59,11 @@ class SpearmanWeighting(_MainAuxBase):
         self.alpha = alpha
 
     def _aux_weights(self, tasks, train_labels) -> dict[str, float]:
-        from scipy.stats import spearmanr
-
         alpha = float(self.alpha)
         if not 0.0 < alpha <= 1.0:
-            raise ValueError(f"spearman weighting: alpha={self.alpha!r} is a significance level and must lie in (0, 1]")
+            raise ConfigError(f"spearman weighting: alpha={self.alpha!r} is a significance level and must lie in (0, 1]")
         if train_labels is None or self.main_ not in train_labels:
-            raise ValueError(f"the spearman weighting needs train_labels with the main task {self.main_!r}'s labels "
+            raise ConfigError(f"the spearman weighting needs train_labels with the main task {self.main_!r}'s labels "
                              "on the training images (setup(tasks, train_labels={task: labels}))")
         y = _check_labels(train_labels[self.main_], f"train_labels[{self.main_!r}]")
         weights, report = {}, {}
@@ -75,7 +75,7 @@ class SpearmanWeighting(_MainAuxBase):
             else:
                 a = _check_labels(train_labels[task], f"train_labels[{task!r}]")
                 if a.shape != y.shape:
-                    raise ValueError(f"train_labels[{task!r}] has {a.shape[0]} rows but the main task's has {y.shape[0]}; "
+                    raise ConfigError(f"train_labels[{task!r}] has {a.shape[0]} rows but the main task's has {y.shape[0]}; "
                                      "both must cover the same training images in the same order")
                 both = (y >= 0) & (a >= 0)
                 n = int(both.sum())

@@ -12,19 +12,32 @@ LOTO arms (``loto_feature_extraction``, ``loto_finetune``, ``loto_joint``) are a
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import itertools
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+import medmtl
+from medmtl.config.schema import ArmConfig, ExperimentSection
+from medmtl.data.pipeline import prepare
+from medmtl.data.readers import default_data_root
+from medmtl.engine.predict import load_run
 from medmtl.errors import ConfigError
+from medmtl.evaluation.predictions import prediction_rows
+from medmtl.evaluation.results import publish_arms, read_rows, write_json
+from medmtl.evaluation.scoring import metrics_of, score_run
+from medmtl.execution import Executor, Trial, prepared
+from medmtl.metrics import auc
+from medmtl.models.trunks import save_trunk
+from medmtl.protocols._base import PROTOCOLS, ProtocolRun
+from medmtl.protocols.strategies import ArmContext, lr_grid, svm_transfer, train_arm
 
-log = logging.getLogger("medmtl.transfer")
+log = logging.getLogger("medmtl.protocols")
 
 
 def left_out_groups(pool: list[str], related: list[list[str]]) -> list[list[str]]:
@@ -87,53 +100,38 @@ def choose(ranks: pd.DataFrame, target: str) -> str:
     return str(ranks[others].mean(axis=1).idxmin())
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
-
-
 def loto_trial(cfg, data, group: list[str], combo: dict, seed: int, trial: Path) -> dict:
     """One LOTO trial: a multi-task model on the pool without ``group``, scored on each task of
     ``group`` by a linear SVM on its frozen trunk (validation AUC). A finished trial is read back."""
-    from medmtl.config.schema import ArmConfig
-    from medmtl.metrics import auc
-    from medmtl.transfer.strategies import ArmContext, _train, svm_transfer
-
     result_file = trial / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())
     lc = cfg.loto
     arm = ArmConfig(name="loto", strategy="joint", svm_c=lc.svm_c, lrs=lc.lrs)
     ctx = ArmContext(cfg, arm, data, seed, trial / "model")
-    model_dir, _ = _train(ctx, [t for t in lc.pool if t not in group], trial / "model", extra=combo)
+    model_dir, _ = train_arm(ctx, [t for t in lc.pool if t not in group], trial / "model", extra=combo)
     result = {"model": str(model_dir), "auc": {}}
     for task in group:
         scores, _, _ = svm_transfer(ctx, task, str(model_dir / "checkpoints" / "best.ckpt"), splits=("val",))
         d = scores["val"][task]
         result["auc"][task] = auc(d["y"], d["p"])
     trial.mkdir(parents=True, exist_ok=True)
-    _write_json(result_file, result)
+    write_json(result_file, result)
     return result
 
 
 def run_loto_trial(params: dict, trial_dir: Path) -> dict:
     """A LOTO trial as a grid trial (a top-level function, so Ray can ship it to a worker)."""
-    from medmtl.grid.execution import prepared
-
     cfg, data = prepared(params["config"], "LOTO trial")
     return loto_trial(cfg, data, params["group"], params["combo"], params["seed"], Path(params["trial"]))
 
 
-def _run_trials_on_grid(cfg, out: Path, groups, combos) -> None:
-    """With ``medmtl run --workers N`` / ``--ray-address``: every unfinished LOTO trial (left-out
-    group x combination x seed) as one grid trial first; the protocol then reads their results."""
-    from medmtl.grid.execution import is_parallel, run_trials
-
-    if not is_parallel():
+def _run_trials_on_grid(cfg, out: Path, groups, combos, executor: Executor) -> None:
+    """With a parallel executor (``medmtl run --workers N`` / ``--ray-address``): every unfinished LOTO
+    trial (left-out group x combination x seed) as one grid trial first; the protocol then reads
+    their results."""
+    if not executor.parallel:
         return
-    from medmtl.grid._expand import Trial
-
     base, out = cfg.model_dump(mode="json"), Path(out).resolve()
     trials = []
     for group in groups:
@@ -146,15 +144,21 @@ def _run_trials_on_grid(cfg, out: Path, groups, combos) -> None:
                 trials.append(Trial(hashlib.sha1(name.encode()).hexdigest()[:12], name, {"trial": name},
                                     {"config": base, "group": group, "combo": combo, "seed": seed,
                                      "trial": str(trial)}))
-    run_trials(trials, run_loto_trial, out / "grid", "LOTO")
+    executor.run(trials, run_loto_trial, out / "grid", "LOTO")
 
 
-def run_loto(cfg, data, run_dir: Path) -> dict:
+@PROTOCOLS.register("loto", section="loto")
+def loto(cfg, run_dir: Path, executor: Executor, progress: bool) -> ProtocolRun:
+    """The LOTO protocol of ``cfg.loto`` on freshly prepared data (see :func:`run_loto`)."""
+    data = prepare(cfg, progress=progress)
+    summary = run_loto(cfg, data, run_dir, executor)
+    path = Path(run_dir) / "loto" / "predictions.csv"
+    return ProtocolRun(read_rows(path) if path.stat().st_size > 1 else pd.DataFrame(), data, summary)
+
+
+def run_loto(cfg, data, run_dir: Path, executor: Executor | None = None) -> dict:
     """Run the LOTO protocol of ``cfg.loto``; writes ``run_dir/loto/`` and returns the summary."""
-    from medmtl.config.schema import ArmConfig
-    from medmtl.evaluation.predictions import prediction_rows
-    from medmtl.transfer.strategies import ArmContext, _lr_grid, svm_transfer
-
+    executor = executor or Executor()
     lc = cfg.loto
     unknown = sorted(set(lc.pool) - set(data.tasks))
     if unknown:
@@ -163,7 +167,7 @@ def run_loto(cfg, data, run_dir: Path) -> dict:
     groups = target_groups(left_out_groups(lc.pool, lc.related), lc.targets)
     combos = {combo_id(c): c for c in combinations(lc.grid)}
     arm = ArmConfig(name="loto", strategy="joint", svm_c=lc.svm_c, lrs=lc.lrs)
-    _run_trials_on_grid(cfg, out, groups, combos)
+    _run_trials_on_grid(cfg, out, groups, combos, executor)
     rows, models = [], {}
     for group in groups:
         for cid, combo in combos.items():
@@ -183,7 +187,7 @@ def run_loto(cfg, data, run_dir: Path) -> dict:
             for seed in lc.seeds:
                 done = out / "transfer" / target / f"seed{seed}" / "predictions.csv"
                 if done.is_file():       # a finished transfer is not run again
-                    preds.append(pd.read_csv(done, dtype={"id": str, "group": str}))
+                    preds.append(read_rows(done))
                     continue
                 n_before = len(preds)
                 model = Path(models[("+".join(group), chosen, seed)])
@@ -197,11 +201,9 @@ def run_loto(cfg, data, run_dir: Path) -> dict:
                                                      arm="loto_feature_extraction", seed=seed, split=split))
                 if "finetune" in lc.transfer:
                     ctx.arm = arm.model_copy(update={"lrs": lc.lrs, "source_arm": None, "pretrained": ckpt})
-                    best = _lr_grid(ctx, ckpt).runs[""]
-                    from medmtl.experiment import _score_run
-
+                    best = lr_grid(ctx, ckpt).runs[""]
                     for split in ("val", "test"):
-                        preds.append(_score_run(best, data, cfg, [target], split, False, "loto_finetune", seed))
+                        preds.append(score_run(best, data, [target], split, False, "loto_finetune", seed))
                 done.parent.mkdir(parents=True, exist_ok=True)
                 pd.concat(preds[n_before:], ignore_index=True).to_csv(done, index=False)
     if lc.joint or lc.artifact:
@@ -215,15 +217,15 @@ def run_loto(cfg, data, run_dir: Path) -> dict:
     pred = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame()
     out.mkdir(parents=True, exist_ok=True)
     pred.to_csv(out / "predictions.csv", index=False)
-    from medmtl.experiment import metrics_of
-
     summary["metrics"] = metrics_of(pred, data) if len(pred) else {}
     scores.to_csv(out / "scores.csv", index=False)
     ranks.to_csv(out / "ranks.csv")
     rank_summary(ranks).to_csv(out / "rank_table.csv")
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     if len(pred):
-        _publish(cfg, run_dir, pred, summary["metrics"])
+        # the application whose main task is the target, so that per-application views line up
+        apps = {a.main_task: name for name, a in (cfg.experiment.applications if cfg.experiment else {}).items()}
+        publish_arms(run_dir, pred, summary["metrics"], "loto_", apps)
     return summary
 
 
@@ -238,21 +240,18 @@ def _pool_models(cfg, data, out: Path, combos: dict, arm, targets: list[str]) ->
     """Train (or reuse) one model on the whole pool per combination and seed, and score ``targets``
     on their validation and test splits (whole, as every arm); a finished trial is only read back.
     Returns the trials ({combo, seed, model}) and the prediction rows (with ``combo``)."""
-    from medmtl.experiment import _score_run
-    from medmtl.transfer.strategies import ArmContext, _train
-
     lc, trials, frames = cfg.loto, [], []
     for cid, combo in combos.items():
         for seed in lc.seeds:
             trial = out / "trials" / POOL / cid / f"seed{seed}"
             model_dir, done, scored = trial / "model", trial / "result.json", trial / "predictions.csv"
             if not done.is_file():
-                _train(ArmContext(cfg, arm, data, seed, model_dir), list(lc.pool), model_dir, extra=combo)
-                _write_json(done, {"model": str(model_dir), "combo": cid, "seed": seed})
-            rows = pd.read_csv(scored, dtype={"id": str, "group": str}) if scored.is_file() else pd.DataFrame()
+                train_arm(ArmContext(cfg, arm, data, seed, model_dir), list(lc.pool), model_dir, extra=combo)
+                write_json(done, {"model": str(model_dir), "combo": cid, "seed": seed})
+            rows = read_rows(scored) if scored.is_file() else pd.DataFrame()
             missing = [t for t in targets if not len(rows) or t not in set(rows["task"])]
             if missing:    # joint turned on, or more targets, after the trial was trained
-                new = [_score_run(model_dir, data, cfg, [t], split, False, "loto_joint", seed)
+                new = [score_run(model_dir, data, [t], split, False, "loto_joint", seed)
                        for t in missing for split in ("val", "test")]
                 rows = pd.concat([rows, *(r.assign(combo=cid) for r in new)], ignore_index=True)
                 rows.to_csv(scored, index=False)
@@ -264,8 +263,6 @@ def _pool_models(cfg, data, out: Path, combos: dict, arm, targets: list[str]) ->
 def _joint_rows(pool_rows: pd.DataFrame, data, targets: list[str], summary: dict) -> pd.DataFrame:
     """Joint training (the paper's 'joint'): for each target, the whole-pool combination with the best
     validation metric of that target (mean over seeds); its validation and test rows."""
-    from medmtl.experiment import metrics_of
-
     keep = []
     for target in targets:
         metric = data.tasks[target].metric
@@ -283,13 +280,6 @@ def save_pool_artifact(cfg, data, ranks: pd.DataFrame, combos: dict, trials: lis
     """Save the whole-pool trunk of the combination with the best mean rank over every left-out task
     (first seed) as ``artifacts/pool_trunk.pt`` (:func:`save_trunk` format, weights only) with
     ``model_card.json`` and ``model_card.md``; returns the card."""
-    import datetime
-
-    import medmtl
-    from medmtl.data.readers._base import default_data_root
-    from medmtl.engine.predict import load_run
-    from medmtl.models.trunks import save_trunk
-
     lc = cfg.loto
     cid, seed = _best_overall(ranks), lc.seeds[0]
     model_dir = Path(next(t["model"] for t in trials if t["combo"] == cid and t["seed"] == seed))
@@ -325,7 +315,7 @@ def save_pool_artifact(cfg, data, ranks: pd.DataFrame, combos: dict, trials: lis
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "usage": f"model: {{trunk: {{name: {cfg.model.trunk.name}, pretrained: {path}}}}}",
     }
-    _write_json(art / "model_card.json", card)
+    write_json(art / "model_card.json", card)
     (art / "model_card.md").write_text(_card_markdown(card), encoding="utf-8")
     log.info("pool trunk (combination %s, seed %d) saved to %s", cid, seed, path)
     return card
@@ -350,28 +340,5 @@ def _card_markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _publish(cfg, run_dir: Path, pred: pd.DataFrame, metrics: dict) -> None:
-    """Add the LOTO arms to ``results/`` (predictions and metrics) so that the report's table, its
-    figures and the reference values see them beside the experiment's arms; idempotent."""
-    results = Path(run_dir) / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    pred_path, metrics_path = results / "predictions.csv", results / "metrics.json"
-    pred = pred.copy()
-    old = pd.read_csv(pred_path, dtype={"id": str, "group": str}) if pred_path.is_file() else pd.DataFrame()
-    if "application" in old.columns:
-        # the application whose main task is the target, so that per-application views line up
-        apps = {a.main_task: name for name, a in (cfg.experiment.applications if cfg.experiment else {}).items()}
-        pred["application"] = pred["task"].map(lambda t: apps.get(t, t))
-    if len(old):
-        old = old[~old["arm"].astype(str).str.startswith("loto_")]
-    pd.concat([old, pred], ignore_index=True).to_csv(pred_path, index=False)
-    merged = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    merged = {a: v for a, v in merged.items() if not a.startswith("loto_")}
-    merged.update(metrics)
-    _write_json(metrics_path, merged)
-
-
 def _target_exp(cfg, target):
-    from medmtl.config.schema import ArmConfig, ExperimentSection
-
     return ExperimentSection(main_task=target, arms=[ArmConfig(name="loto", strategy="joint")])

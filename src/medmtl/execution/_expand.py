@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from medmtl._registry import did_you_mean
+from medmtl.config.overrides import set_dotted, split_key
 from medmtl.errors import ConfigError
 
 
@@ -29,39 +29,6 @@ class Trial:
     name: str
     assignment: dict[str, Any]
     params: dict[str, Any]
-
-
-def set_dotted(config: dict, key: str, value: Any, *, what: str = "grid axis") -> None:
-    """Set ``config[a][b][c] = value`` for ``key="a.b.c"``, in place.
-
-    The leaf may be new (an unset option), but every parent must already exist: a typo in a
-    parent would otherwise create a branch that no component reads, and the grid would silently
-    run the same configuration several times.
-
-    Args:
-        config: Nested config dict, modified in place.
-        key: Dotted path, such as ``train.optimizer.lr``.
-        value: Value to store at the leaf.
-        what: How error messages name ``key`` (a grid axis, a quick-mode override, ...).
-
-    Raises:
-        ConfigError: If a parent of ``key`` is missing or is not a mapping.
-    """
-    parts = _split_key(key)
-    node = config
-    for depth, part in enumerate(parts[:-1]):
-        where = ".".join(parts[:depth]) or "the top level"
-        if not isinstance(node, dict):
-            raise ConfigError(f"{what} {key!r}: {where!r} holds a {type(node).__name__}, not a mapping, "
-                              f"so it has no key {part!r}")
-        if part not in node:
-            raise ConfigError(f"{what} {key!r}: {'.'.join(parts[:depth + 1])!r} does not exist in the base "
-                              f"config; keys at {where}: {sorted(node)}{did_you_mean(part, node)}")
-        node = node[part]
-    if not isinstance(node, dict):
-        raise ConfigError(f"{what} {key!r}: {'.'.join(parts[:-1])!r} holds a {type(node).__name__}, "
-                          f"not a mapping, so it has no key {parts[-1]!r}")
-    node[parts[-1]] = value
 
 
 def expand_grid(base: Mapping[str, Any], axes: Mapping[str, Sequence[Any]]) -> list[Trial]:
@@ -92,21 +59,14 @@ def expand_grid(base: Mapping[str, Any], axes: Mapping[str, Sequence[Any]]) -> l
         assignment = dict(zip(axes, combo))
         params = copy.deepcopy(dict(base))
         for key, value in assignment.items():
-            set_dotted(params, key, copy.deepcopy(value))
+            set_dotted(params, key, copy.deepcopy(value), what="grid axis")
         name = ",".join(f"{labels[k]}={_show(v)}" for k, v in assignment.items()) or "base"
         trials.append(Trial(trial_id=_trial_id(assignment), name=name, assignment=assignment, params=params))
     return trials
 
 
-def _split_key(key: Any) -> list[str]:
-    parts = key.split(".") if isinstance(key, str) else []
-    if not parts or not all(parts):
-        raise ConfigError(f"grid axis key {key!r} must be a dotted config path such as 'train.optimizer.lr'")
-    return parts
-
-
 def _check_axis(key: Any, values: Any) -> None:
-    _split_key(key)
+    split_key(key, "grid axis")
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
         raise ConfigError(f"grid axis {key!r} must be a non-empty list of values; got {values!r}")
     seen = set()

@@ -4,7 +4,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import typer
+
+from medmtl import api
+from medmtl._registry import did_you_mean
+from medmtl.evaluation.stats import check_binary_labels
 
 stats_app = typer.Typer(help="Statistical tests on prediction files (DeLong AUC CIs and paired tests).",
                         no_args_is_help=True)
@@ -34,11 +39,6 @@ def delong(
     The numbers equal R pROC's ci.auc(method="delong") and roc.test(method="delong", paired=TRUE) on
     roc(truth, score, levels=c(0, 1), direction="<").
     """
-    import pandas as pd
-
-    from medmtl._registry import did_you_mean
-    from medmtl.evaluation.stats import check_binary_labels, delong_compare
-
     # click options take a fixed number of values, so COL_B after `--scores COL_A` arrives as an extra argument
     columns = [*scores, *ctx.args]
     if len(columns) > 2:
@@ -59,9 +59,9 @@ def delong(
         if not pd.api.types.is_numeric_dtype(table[col]) or table[col].isna().any():
             _fail(f"--scores column {col!r} must be numeric with no missing values")
     try:
-        doc = delong_compare(y, table[columns[0]].to_numpy(float),
-                             table[columns[1]].to_numpy(float) if len(columns) == 2 else None,
-                             groups=table[group].to_numpy() if group else None, alpha=alpha)
+        doc = api.delong(y, table[columns[0]].to_numpy(float),
+                         table[columns[1]].to_numpy(float) if len(columns) == 2 else None,
+                         groups=table[group].to_numpy() if group else None, alpha=alpha)
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(json.dumps(doc))

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
 RESULT, ERROR, PARAMS = "result.json", "error.txt", "params.json"
 
 TrialFn = Callable[[dict, Path], dict]
@@ -89,8 +91,6 @@ def torch_threads(n: int) -> Iterator[None]:
     four busy threads that preempt each other. Using the same count in both backends also keeps
     results comparable, since the thread count changes the order of floating-point reductions.
     """
-    import torch
-
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -9,8 +9,9 @@ from pathlib import Path
 import typer
 
 from medmtl import api
+from medmtl.cli.stats import stats_app
+from medmtl.data.inspect import format_text
 from medmtl.errors import MedmtlError
-from medmtl.cli_stats import stats_app
 
 app = typer.Typer(help="Multi-task and transfer learning for medical image analysis.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -36,8 +37,6 @@ def data_inspect(
     progress: bool = typer.Option(True, help="Show decode progress bars."),
 ) -> None:
     """Counts per split and class, groups, duplicate groups and skipped files, per task."""
-    from medmtl.data.inspect import format_text
-
     try:
         report = api.inspect_data(config, progress=progress and sys.stderr.isatty())
     except (MedmtlError, KeyError, FileNotFoundError) as exc:
@@ -76,12 +75,9 @@ def run(
                                     help="Run the trials on an existing Ray cluster ('auto' or 'ray://host:10001')."),
 ) -> None:
     """Run a comparison of strategies: every arm and seed, test scores, results and report."""
-    from medmtl.config import load_config
-    from medmtl.experiment import run_experiment
-
     try:
-        out = run_experiment(load_config(config), quick=quick, progress=progress and sys.stderr.isatty(),
-                             workers=workers, ray_address=ray_address)
+        out = api.run(config, quick=quick, progress=progress and sys.stderr.isatty(), workers=workers,
+                      ray_address=ray_address)
     except (MedmtlError, KeyError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(f"results: {out / 'results'}")
@@ -108,14 +104,9 @@ def predict(
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="An experiment (or training) run dir.")) -> None:
     """Results tables and one self-contained HTML page, written to RUN_DIR/report/."""
-    from medmtl.reports import write_report
-
     try:
-        path = write_report(run_dir)
+        path = api.report(run_dir)
     except (MedmtlError, KeyError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(f"report: {path}")
 
-
-if __name__ == "__main__":  # pragma: no cover
-    app()

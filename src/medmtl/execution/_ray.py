@@ -14,8 +14,18 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from medmtl.grid._expand import Trial
-from medmtl.grid._trial import ERROR, RESULT, TrialFn, read_result, run_trial, trial_dir, write_atomic
+from tqdm.auto import tqdm
+
+from medmtl.execution._expand import Trial
+from medmtl.execution._trial import (
+    ERROR,
+    RESULT,
+    TrialFn,
+    read_result,
+    run_trial,
+    trial_dir,
+    write_atomic,
+)
 
 # RAY_CHDIR_TO_TRIAL_DIR=0: trials keep the caller's working directory, as in the sequential
 # backend, so relative paths in a config mean the same thing in both.
@@ -28,7 +38,7 @@ _RAY_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISA
 def run_on_ray(pending: list[Trial], fn: TrialFn, out_dir: Path, *, workers: int, ray_address: str | None,
                cpus_per_trial: int, progress: bool) -> dict[str, dict]:
     """Run ``pending`` as Ray Tune trials; returns each trial's outcome as read back from its directory."""
-    import ray
+    import ray  # lazy: Ray is the optional parallel backend (--workers, --ray-address)
 
     with _environ(_RAY_ENV):
         started = _connect(ray, workers=workers, cpus_per_trial=cpus_per_trial, ray_address=ray_address)
@@ -61,7 +71,7 @@ def _connect(ray, *, workers: int, cpus_per_trial: int, ray_address: str | None)
 def _fit(pending: list[Trial], fn: TrialFn, out_dir: Path, *, workers: int, ray_address: str | None,
          cpus_per_trial: int, progress: bool) -> dict[str, str]:
     """Run the Tune experiment; returns Tune's error text for trials that died outside ``fn``."""
-    from ray import tune
+    from ray import tune  # lazy: as ray above
 
     jobs = {t.trial_id: (t.params, str(trial_dir(out_dir, t.trial_id))) for t in pending}
     trainable = tune.with_parameters(_trainable, fn=fn, jobs=jobs, threads=cpus_per_trial)
@@ -83,7 +93,7 @@ def _fit(pending: list[Trial], fn: TrialFn, out_dir: Path, *, workers: int, ray_
 
 def _trainable(config: dict, *, fn: TrialFn, jobs: dict[str, tuple[dict, str]], threads: int) -> None:
     """Tune's function trainable: one grid trial, reported to Tune only by its status."""
-    from ray import tune
+    from ray import tune  # lazy: as ray above
 
     params, directory = jobs[config["trial_id"]]
     outcome = run_trial(fn, params, Path(directory), threads)
@@ -114,8 +124,7 @@ def _outcome(directory: Path, tune_error: str | None) -> dict:
 
 
 def _progress_callback(total: int):
-    from ray import tune
-    from tqdm.auto import tqdm
+    from ray import tune  # lazy: as ray above
 
     class _Progress(tune.Callback):
         """A tqdm bar advanced as Tune trials end (Tune's own reporter is silenced)."""

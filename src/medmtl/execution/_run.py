@@ -6,11 +6,21 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from medmtl.errors import ConfigError
-from medmtl.grid._expand import Trial
-from medmtl.grid._trial import TrialFn, as_stored, read_params, read_result, run_trial, trial_dir
+from tqdm.auto import tqdm
 
-log = logging.getLogger("medmtl.grid")
+from medmtl.errors import ConfigError
+from medmtl.execution._expand import Trial
+from medmtl.execution._ray import run_on_ray
+from medmtl.execution._trial import (
+    TrialFn,
+    as_stored,
+    read_params,
+    read_result,
+    run_trial,
+    trial_dir,
+)
+
+log = logging.getLogger("medmtl.execution")
 
 
 def run_grid(trials: Iterable[Trial], fn: TrialFn, out_dir: str | Path, *, workers: int = 1,
@@ -58,8 +68,6 @@ def run_grid(trials: Iterable[Trial], fn: TrialFn, out_dir: str | Path, *, worke
     if pending and workers == 1 and ray_address is None:
         outcomes.update(_run_sequential(pending, fn, out_dir, threads=cpus_per_trial, progress=progress))
     elif pending:
-        from medmtl.grid._ray import run_on_ray   # ray is heavy: import it only for this branch
-
         outcomes.update(run_on_ray(pending, fn, out_dir, workers=workers, ray_address=ray_address,
                                    cpus_per_trial=cpus_per_trial, progress=progress))
     records = [_record(t, out_dir, cached.get(t.trial_id), outcomes[t.trial_id]) for t in trials]
@@ -112,8 +120,6 @@ def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:
 
 def _run_sequential(pending: list[Trial], fn: TrialFn, out_dir: Path, *, threads: int,
                     progress: bool) -> dict[str, dict]:
-    from tqdm.auto import tqdm
-
     outcomes = {}
     for t in tqdm(pending, desc="grid", unit="trial", disable=not progress, leave=False):
         outcomes[t.trial_id] = run_trial(fn, t.params, trial_dir(out_dir, t.trial_id), threads)

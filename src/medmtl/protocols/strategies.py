@@ -12,12 +12,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
 
 from medmtl._registry import Registry
+from medmtl.config import override_config, save_config
+from medmtl.data.dataset import MultiTaskDataset, collate
+from medmtl.engine.build import build_model, limit_items, scoring_subset
+from medmtl.engine.loop import fit
+from medmtl.engine.predict import default_device
 from medmtl.errors import ConfigError
 
-STRATEGIES: Registry = Registry("strategy")
-log = logging.getLogger("medmtl.transfer")
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    """``trains``: the strategy trains a network (``feature_extraction`` fits an SVM on a frozen one)."""
+
+    trains: bool
+
+
+STRATEGIES: Registry = Registry("strategy", StrategyInfo)
+log = logging.getLogger("medmtl.protocols")
 
 
 @dataclass
@@ -42,32 +61,27 @@ class ArmOutcome:
 def arm_config(ctx: ArmContext, tasks: list[str], run_dir: Path, *, pretrained="inherit", head=None,
                extra: dict | None = None):
     """The experiment config narrowed to ``tasks`` with the arm's overrides, seed and run dir."""
-    from medmtl.grid_utils import set_dotted
-
-    cfg = ctx.cfg
-    raw = cfg.model_dump(mode="json", exclude={"experiment", "quick"})
-    raw["tasks"] = [t for t in raw["tasks"] if t["name"] in tasks]
-    missing = sorted(set(tasks) - {t["name"] for t in raw["tasks"]})
+    missing = sorted(set(tasks) - {t.name for t in ctx.cfg.tasks})
     if missing:
         raise ConfigError(f"experiment.arms[{ctx.arm.name}]: tasks {missing} are not declared in tasks")
-    raw["seed"], raw["run_dir"] = ctx.seed, str(run_dir)
-    if pretrained != "inherit":
-        raw["model"]["trunk"]["pretrained"] = pretrained
-    if head is not None:
-        raw["model"]["heads"] = {tasks[0]: head.model_dump(mode="json")}
-    for key, value in {**ctx.arm.overrides, **(extra or {})}.items():
-        set_dotted(raw, key, value)
-    from medmtl.config import parse_config
 
-    return parse_config(raw, f"experiment arm {ctx.arm.name!r}")
+    def narrow(raw: dict) -> None:
+        raw.pop("experiment", None)
+        raw.pop("quick", None)
+        raw["tasks"] = [t for t in raw["tasks"] if t["name"] in tasks]
+        raw["seed"], raw["run_dir"] = ctx.seed, str(run_dir)
+        if pretrained != "inherit":
+            raw["model"]["trunk"]["pretrained"] = pretrained
+        if head is not None:
+            raw["model"]["heads"] = {tasks[0]: head.model_dump(mode="json")}
+
+    return override_config(ctx.cfg, {**ctx.arm.overrides, **(extra or {})}, f"experiment arm {ctx.arm.name!r}",
+                           edit=narrow)
 
 
-def _train(ctx: ArmContext, tasks, run_dir: Path, **kw) -> tuple[Path, float]:
-    from medmtl.api import save_resolved_config
-    from medmtl.engine.loop import fit
-
+def train_arm(ctx: ArmContext, tasks, run_dir: Path, **kw) -> tuple[Path, float]:
     cfg = arm_config(ctx, tasks, run_dir, **kw)
-    save_resolved_config(cfg, run_dir)
+    save_config(cfg, run_dir)
     result = fit(cfg, ctx.data, run_dir, progress=False)
     return run_dir, result.best_monitor
 
@@ -93,7 +107,7 @@ def stl(ctx: ArmContext) -> ArmOutcome:
     tasks = ctx.arm.tasks or [_main(ctx)]
     if len(tasks) != 1:
         raise ConfigError(f"experiment arm {ctx.arm.name!r}: strategy 'stl' trains one task; got tasks {tasks}")
-    run, _ = _train(ctx, tasks, ctx.run_dir, pretrained=_arm_pretrained(ctx))
+    run, _ = train_arm(ctx, tasks, ctx.run_dir, pretrained=_arm_pretrained(ctx))
     return ArmOutcome({"": run})
 
 
@@ -103,7 +117,7 @@ def mtl(ctx: ArmContext) -> ArmOutcome:
     tasks = ctx.arm.tasks or [_main(ctx)]
     if _main(ctx) not in tasks:
         raise ConfigError(f"experiment arm {ctx.arm.name!r}: tasks {tasks} must include the main task {_main(ctx)!r}")
-    run, _ = _train(ctx, tasks, ctx.run_dir, pretrained=_arm_pretrained(ctx))
+    run, _ = train_arm(ctx, tasks, ctx.run_dir, pretrained=_arm_pretrained(ctx))
     return ArmOutcome({"": run})
 
 
@@ -115,17 +129,17 @@ def sequential(ctx: ArmContext) -> ArmOutcome:
     """Train on the source task(s), keep the trunk, attach a new head, fine-tune on the target."""
     if not ctx.arm.source:
         raise ConfigError(f"experiment arm {ctx.arm.name!r}: strategy 'sequential' needs source: [tasks]")
-    base, _ = _train(ctx, ctx.arm.source, ctx.run_dir / "source", pretrained=_arm_pretrained(ctx))
-    run, _ = _train(ctx, [_main(ctx)], ctx.run_dir / "target",
+    base, _ = train_arm(ctx, ctx.arm.source, ctx.run_dir / "source", pretrained=_arm_pretrained(ctx))
+    run, _ = train_arm(ctx, [_main(ctx)], ctx.run_dir / "target",
                     pretrained=str(base / "checkpoints" / "best.ckpt"), head=ctx.arm.head)
     return ArmOutcome({"": run}, notes=[f"source model: {base}"])
 
 
-def _lr_grid(ctx: ArmContext, pretrained) -> ArmOutcome:
+def lr_grid(ctx: ArmContext, pretrained) -> ArmOutcome:
     best, best_run = -math.inf, None
     mode_max = True
     for lr in ctx.arm.lrs:
-        run, monitor = _train(ctx, [_main(ctx)], ctx.run_dir / f"lr={lr:g}", pretrained=pretrained,
+        run, monitor = train_arm(ctx, [_main(ctx)], ctx.run_dir / f"lr={lr:g}", pretrained=pretrained,
                               extra={"train.optimizer.lr": lr})
         value = monitor if mode_max else -monitor
         if not math.isnan(value) and value > best:
@@ -138,13 +152,13 @@ def _lr_grid(ctx: ArmContext, pretrained) -> ArmOutcome:
 @STRATEGIES.register("finetune", trains=True)
 def finetune(ctx: ArmContext) -> ArmOutcome:
     """Fine-tune a (pre)trained trunk on the target over a learning-rate grid; best on validation."""
-    return _lr_grid(ctx, _arm_pretrained(ctx))
+    return lr_grid(ctx, _arm_pretrained(ctx))
 
 
 @STRATEGIES.register("scratch", trains=True)
 def scratch(ctx: ArmContext) -> ArmOutcome:
     """The same learning-rate grid as ``finetune``, from random weights."""
-    return _lr_grid(ctx, None)
+    return lr_grid(ctx, None)
 
 
 @STRATEGIES.register("freeze_sweep", trains=True)
@@ -152,7 +166,7 @@ def freeze_sweep(ctx: ArmContext) -> ArmOutcome:
     """The same transfer with the first k trunk stages frozen, for each k in ``freeze``."""
     runs = {}
     for k in ctx.arm.freeze:
-        run, _ = _train(ctx, [_main(ctx)], ctx.run_dir / f"freeze={k}", pretrained=_arm_pretrained(ctx),
+        run, _ = train_arm(ctx, [_main(ctx)], ctx.run_dir / f"freeze={k}", pretrained=_arm_pretrained(ctx),
                         extra={"train.freeze_stages": k})
         runs[f"freeze={k}"] = run
     return ArmOutcome(runs)
@@ -173,29 +187,19 @@ def feature_extraction(ctx: ArmContext) -> ArmOutcome:
 
 def svm_transfer(ctx: ArmContext, task: str, pretrained, splits=("val", "test")):
     """Scores of a linear SVM on a frozen trunk's features for ``task``: ({split: {task: ...}}, datasets, C)."""
-    import torch
-
-    from medmtl.data.dataset import MultiTaskDataset
-    from medmtl.engine.loop import build_model
-    from medmtl.engine.predict import default_device
-
     cfg = arm_config(ctx, [task], ctx.run_dir, pretrained=pretrained)
     spec = ctx.data.tasks[task]
     torch.manual_seed(ctx.seed)
     trunk = build_model(cfg, [spec]).trunk.eval().to(default_device())
     feats, sets = {}, {}
-    from medmtl.engine.loop import _limit
-
     for split in ("train", *splits):
         ds = MultiTaskDataset(ctx.data, split, [task], preset=cfg.data.augmentation, train=False,
                               size=cfg.data.size, in_chans=cfg.model.trunk.in_chans)
         # training: the same per-task limit as training runs, seeded the same way; val/test: the
         # scoring subset every other arm is scored on (the whole split unless limited)
         if split == "train":
-            ds = _limit(ds, cfg.data.limit_train, cfg.seed)
+            ds = limit_items(ds, cfg.data.limit_train, cfg.seed)
         else:
-            from medmtl.engine.loop import scoring_subset
-
             ds = scoring_subset(ds, cfg, split)
         sets[split] = ds
         feats[split] = _features(trunk, ds)
@@ -206,10 +210,6 @@ def svm_transfer(ctx: ArmContext, task: str, pretrained, splits=("val", "test"))
 
 
 def _features(trunk, dataset):
-    import torch
-
-    from medmtl.data.dataset import collate
-
     xs, ys = [], []
     task = dataset.tasks[0]
     device = next(trunk.parameters()).device
@@ -221,12 +221,6 @@ def _features(trunk, dataset):
 
 
 def _fit_svm(train, data, dataset, task, grid, seed):
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedGroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import LinearSVC
-
     x, y = train
     src = data.source_of(task)
     groups = np.array([str(src.groups[int(r)]) for r in dataset.items_[:, 2]])
@@ -256,3 +250,8 @@ def _svm_scores(clf, x):
         p1 = 1 / (1 + np.exp(-d))
         return np.stack([1 - p1, p1], axis=1)
     return _softmax(d)
+
+
+def create_strategy(name: str, where: str = "experiment.arms[].strategy"):
+    """The registered strategy ``name``: a function ``(ArmContext) -> ArmOutcome``."""
+    return STRATEGIES.get(name, where)

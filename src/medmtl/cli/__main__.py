@@ -1,0 +1,4 @@
+"""``python -m medmtl.cli``: the ``medmtl`` command without its console script."""
+from medmtl.cli import app
+
+app()

@@ -1,0 +1,70 @@
+"""``run_experiment``: the protocols a config asks for, run with one executor, into ``results/``.
+
+The report is the layer above (:func:`medmtl.api.run` writes it afterwards): a protocol writes
+results, and the report reads nothing else.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from medmtl.config import override_config, save_config
+from medmtl.errors import ConfigError
+from medmtl.evaluation.predictions import dense_metrics_of
+from medmtl.evaluation.results import merge_nested, write_results
+from medmtl.evaluation.scoring import metrics_of
+from medmtl.execution import Executor
+from medmtl.protocols._base import create_protocol
+from medmtl.protocols.applications import application_config
+from medmtl.protocols.check import check_config
+from medmtl.protocols.comparison import dense_predictions
+
+
+def apply_quick(cfg):
+    """The config with its ``quick`` overrides applied (dotted keys), for a CPU version in minutes."""
+    return override_config(cfg, cfg.quick, "quick overrides")
+
+
+def run_experiment(cfg, *, quick: bool = False, progress: bool = True, workers: int = 1,
+                   ray_address: str | None = None) -> Path:
+    """Train and score every arm (of every application); returns the run dir holding ``results/``.
+
+    ``workers > 1`` runs the arms x seeds as parallel trials on a local Ray instance, and
+    ``ray_address`` on an existing Ray cluster; results are the same files either way, and
+    finished arms are never run again. Every name in the config is checked first
+    (:func:`check_config`), so a misspelled strategy of the last arm stops the run before any training.
+    """
+    executor = Executor(workers, ray_address)
+    if cfg.experiment is None and cfg.loto is None:
+        raise ConfigError("this config has neither an 'experiment' section (arms to compare) nor a 'loto' "
+                          "section; use 'medmtl train' for one model")
+    if quick:
+        cfg = apply_quick(cfg)
+    check_config(cfg)
+    run_dir = Path(cfg.run_dir)
+    save_config(cfg, run_dir)
+    if cfg.experiment is not None:
+        _run_comparisons(cfg, run_dir, executor, progress)
+    if cfg.loto is not None:
+        create_protocol("loto")(cfg, run_dir, executor, progress)
+    return run_dir
+
+
+def _run_comparisons(cfg, run_dir: Path, executor: Executor, progress: bool) -> None:
+    """Each application's comparison (or the one of the config), into one ``results/``."""
+    apps = cfg.experiment.applications or {"": None}
+    preds, metrics, summaries, dense = [], {}, {}, []
+    for name, app in apps.items():
+        acfg = application_config(cfg, name, app) if app is not None else cfg
+        app_dir = run_dir / "applications" / name if name else run_dir
+        run = create_protocol("cv" if acfg.experiment.cv is not None else "holdout")(acfg, app_dir, executor, progress)
+        preds.append(run.pred.assign(application=name) if name else run.pred)
+        merge_nested(metrics, metrics_of(run.pred, run.data))
+        app_dense = dense_predictions(acfg, app_dir)
+        if len(app_dense):
+            dense.append(app_dense.assign(application=name) if name else app_dense)
+            merge_nested(metrics, dense_metrics_of(app_dense))
+        summaries.update(run.summary)
+    write_results(run_dir, pd.concat(preds, ignore_index=True),
+                  pd.concat(dense, ignore_index=True) if dense else None, metrics, summaries)

@@ -1,1 +1,0 @@
-"""Transfer protocols and comparison strategies (a registry)."""
