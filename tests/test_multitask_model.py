@@ -287,3 +287,13 @@ def test_scores_of_a_shared_head_keep_only_each_tasks_labelled_rows():
 
     scores = split_scores(model, OneBatch(), ["main"], {t.name: t for t in tasks})
     assert scores["main"]["item"].tolist() == [0, 2, 4] and (scores["main"]["y"] >= 0).all()
+
+
+def test_an_unknown_head_option_names_its_key_and_the_accepted_options():
+    from medmtl.errors import ConfigError
+
+    trunk = tiny()
+    with pytest.raises(ConfigError, match=r"heads\.a\.kwargs: 'hiden' is not an option; it accepts "
+                                          r"\['hidden_features', 'drop_rate'"):
+        build_heads([spec("a", "binary")], {"a": {"name": "transfer", "hiden": 3}}, trunk.num_features,
+                    trunk.feature_info)

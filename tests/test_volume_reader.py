@@ -15,13 +15,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
 from medmtl.data.readers._base import READERS  # noqa: E402
-from medmtl.data.readers.volume import (  # noqa: E402
-    VolumePatchSource,
-    VolumeReader,
-    _cached_volume,
-    load_volume,
-    resampled_volume,
-)
+from medmtl.data.readers.volume import VolumePatchSource, VolumeReader, _cached_volume, load_volume, resampled_volume  # noqa: E402
 from medmtl.errors import DataError  # noqa: E402
 
 HU = (-1000, -500, 0, 300)

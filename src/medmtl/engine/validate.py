@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from medmtl.kinds import SINGLE_LABEL_KINDS
-from medmtl.metrics import METRICS, scored_metrics
+from medmtl.metrics import compute_metric, scored_metrics
 
 
 @torch.no_grad()
@@ -48,7 +48,7 @@ def task_metrics(spec, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     names = scored_metrics(spec.kind)
     if spec.metric not in names:
         names = [spec.metric, *names]
-    return {n: (METRICS.get(n)(y, p) if len(y) else math.nan) for n in names}
+    return {n: (compute_metric(n, y, p) if len(y) else math.nan) for n in names}
 
 
 def monitor_value(metrics: dict[str, dict[str, float]], specs: dict, monitor: str) -> float:

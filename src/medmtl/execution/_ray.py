@@ -17,15 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from medmtl.execution._expand import Trial
-from medmtl.execution._trial import (
-    ERROR,
-    RESULT,
-    TrialFn,
-    read_result,
-    run_trial,
-    trial_dir,
-    write_atomic,
-)
+from medmtl.execution._trial import ERROR, RESULT, TrialFn, read_result, run_trial, trial_dir, write_atomic
 
 # RAY_CHDIR_TO_TRIAL_DIR=0: trials keep the caller's working directory, as in the sequential
 # backend, so relative paths in a config mean the same thing in both.

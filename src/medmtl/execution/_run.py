@@ -11,14 +11,7 @@ from tqdm.auto import tqdm
 from medmtl.errors import ConfigError
 from medmtl.execution._expand import Trial
 from medmtl.execution._ray import run_on_ray
-from medmtl.execution._trial import (
-    TrialFn,
-    as_stored,
-    read_params,
-    read_result,
-    run_trial,
-    trial_dir,
-)
+from medmtl.execution._trial import TrialFn, as_stored, read_params, read_result, run_trial, trial_dir
 
 log = logging.getLogger("medmtl.execution")
 

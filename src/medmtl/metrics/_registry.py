@@ -47,5 +47,10 @@ def default_metric(kind: str) -> str:
     return name
 
 
+def compute_metric(name: str, y, scores, **kwargs) -> float:
+    """The registered metric ``name`` of targets ``y`` and ``scores`` (the one door to a metric)."""
+    return METRICS.get(name, "metric")(y, scores, **kwargs)
+
+
 def higher_is_better(name: str) -> bool:
     return METRICS.meta(name).higher_is_better

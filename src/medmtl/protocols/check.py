@@ -20,11 +20,11 @@ from medmtl.data.transforms import PRESETS
 from medmtl.engine.optim import OPTIMIZERS, SCHEDULERS
 from medmtl.errors import ConfigError
 from medmtl.models.heads import HEADS
+from medmtl.models.heads.build import HEAD_POSITIONAL
 from medmtl.models.trunks import TRUNKS, check_trunk_name
 from medmtl.mtl.weightings import WEIGHTINGS, check_weighting_kwargs
 from medmtl.protocols.strategies import STRATEGIES
 
-HEAD_POSITIONAL = ("tasks", "in_features", "feature_info")   # filled by build_heads, not by a config
 KEYWORDS = ("imagenet", "inherit")
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 
 from medmtl.evaluation import stats
 from medmtl.kinds import SINGLE_LABEL_KINDS
-from medmtl.metrics import METRICS, table_metrics
+from medmtl.metrics import METRICS, compute_metric, table_metrics
 from medmtl.reports import _sections
 from medmtl.reports._layout import CLASSIFICATION, Inputs
 
@@ -84,7 +84,7 @@ def _seed_metrics(inputs: Inputs, arm: str, task: str) -> dict[int, dict[str, fl
             continue
         y, s = rows["y_true"].to_numpy(int), inputs.scores(rows, task)
         names = list(dict.fromkeys([info.metric or "auc", *table_metrics(info.kind)]))
-        out[seed] = {n: float(METRICS.get(n)(y, s)) for n in names if n in FROM_SCORES}
+        out[seed] = {n: float(compute_metric(n, y, s)) for n in names if n in FROM_SCORES}
     return out
 
 

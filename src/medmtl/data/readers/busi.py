@@ -48,10 +48,7 @@ def _box_of(mask: np.ndarray) -> np.ndarray | None:
 def lesion_characteristics(mask: np.ndarray) -> dict[str, float] | None:
     """``lesion_size``, ``circularity`` and ``taller_than_wide`` of a binary mask's largest
     connected component (8-connectivity), or None when the mask is empty. See the module docstring."""
-    from skimage.measure import (  # lazy: optional (test extra); only multi-lesion masks need it
-        label,
-        regionprops,
-    )
+    from skimage.measure import label, regionprops  # lazy: optional (test extra); only multi-lesion masks need it
 
     regions = regionprops(label(mask, connectivity=2))
     if not regions:

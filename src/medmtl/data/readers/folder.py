@@ -10,14 +10,7 @@ import os
 from typing import Literal
 
 from medmtl.data.readers._base import IMAGE_EXTENSIONS, READERS, DirPath, Reader
-from medmtl.data.records import (
-    SPLIT_ALIASES,
-    FileSource,
-    ReadResult,
-    Record,
-    Skipped,
-    TargetInfo,
-)
+from medmtl.data.records import SPLIT_ALIASES, FileSource, ReadResult, Record, Skipped, TargetInfo
 from medmtl.errors import DataError
 
 

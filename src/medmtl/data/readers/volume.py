@@ -38,14 +38,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, model_validator
 
 from medmtl.data.readers._base import READERS, FilePath, Reader, expand_path
-from medmtl.data.records import (
-    ImageSource,
-    ReadResult,
-    Record,
-    Skipped,
-    TargetInfo,
-    file_digest,
-)
+from medmtl.data.records import ImageSource, ReadResult, Record, Skipped, TargetInfo, file_digest
 from medmtl.errors import DataError, MedmtlError
 
 Plane = Literal["axial", "coronal", "sagittal"]

@@ -5,11 +5,7 @@ import torch
 from torch import nn
 
 from medmtl.models.heads._base import HEADS, Features, Head
-from medmtl.models.heads._common import (
-    CLASSIFICATION_KINDS,
-    check_head_tasks,
-    to_probabilities,
-)
+from medmtl.models.heads._common import CLASSIFICATION_KINDS, check_head_tasks, to_probabilities
 
 
 def split_main_auxiliary(tasks: list) -> tuple[object, list]:

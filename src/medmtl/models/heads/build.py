@@ -5,7 +5,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from medmtl._registry import did_you_mean
+from medmtl._registry import check_kwargs, did_you_mean
 from medmtl.errors import ConfigError
 from medmtl.models.heads._base import HEADS, Head
 from medmtl.models.heads._common import CLASSIFICATION_KINDS
@@ -33,7 +33,7 @@ def build_heads(tasks: list, head_cfg: Mapping[str, object] | None, in_features:
         KeyError: an unknown head name (the message lists the registered ones).
         ValueError: a head declared for a task kind it does not support (names task, kind and
             head); a task listed twice or unknown (``ConfigError``, a ``ValueError``). An unknown
-            hyper-parameter raises the head's own ``TypeError``.
+            hyper-parameter is a ``ConfigError`` naming ``heads.<key>.kwargs``.
     """
     specs = {t.name: t for t in tasks}
     built: dict[str, Head] = {}
@@ -53,7 +53,7 @@ def build_heads(tasks: list, head_cfg: Mapping[str, object] | None, in_features:
         group = [specs[t] for t in task_names]
         name = name or DEFAULT_HEADS.get(group[0].kind)
         _check_head_kinds(key, name, group)
-        built[key] = HEADS.get(name)(group, in_features, feature_info, **kwargs)
+        built[key] = create_head(name, group, in_features, feature_info, where=f"heads.{key}", **kwargs)
     for spec in tasks:
         if spec.name in claimed:
             continue
@@ -62,10 +62,22 @@ def build_heads(tasks: list, head_cfg: Mapping[str, object] | None, in_features:
                               "also needs its default head under its own name; rename the head key")
         name = DEFAULT_HEADS.get(spec.kind)
         _check_head_kinds(spec.name, name, [spec])
-        built[spec.name] = HEADS.get(name)([spec], in_features, feature_info)
+        built[spec.name] = create_head(name, [spec], in_features, feature_info, where=f"heads.{spec.name}")
         claimed[spec.name] = spec.name
     order = list(specs)
     return nn.ModuleDict(sorted(built.items(), key=lambda kv: min(order.index(t) for t in kv[1].task_names)))
+
+
+HEAD_POSITIONAL = ("tasks", "in_features", "feature_info")   # what build_heads fills in, never a config
+
+
+def create_head(name: str, tasks: list, in_features: int, feature_info: list[dict], *, where: str = "heads",
+                **kwargs) -> Head:
+    """The registered head ``name`` for ``tasks`` (the one door to a head); its options are checked
+    against the head's ``__init__`` so a misspelled one names ``where`` and the accepted options."""
+    cls = HEADS.get(name, f"{where}.name")
+    check_kwargs(cls, kwargs, f"{where}.kwargs", skip=HEAD_POSITIONAL)
+    return cls(tasks, in_features, feature_info, **kwargs)
 
 
 def _read_head_cfg(key: str, cfg) -> tuple[str | None, list[str] | None, dict]:

@@ -8,13 +8,7 @@ Example:
     >>> w = create_weighting("main_aux").setup(tasks)          # doctest: +SKIP
     >>> total, weights = w({"severity": l0, "tissue": l1})     # doctest: +SKIP
 """
-from medmtl.mtl.weightings._base import (
-    WEIGHTINGS,
-    Weighting,
-    WeightingInfo,
-    check_weighting_kwargs,
-    create_weighting,
-)
+from medmtl.mtl.weightings._base import WEIGHTINGS, Weighting, WeightingInfo, check_weighting_kwargs, create_weighting
 from medmtl.mtl.weightings._jacobian import JacobianWeighting
 from medmtl.mtl.weightings.cagrad import CagradWeighting
 from medmtl.mtl.weightings.dwa import DwaWeighting

@@ -6,12 +6,7 @@ from collections.abc import Mapping
 from torch import Tensor
 
 from medmtl.errors import ConfigError
-from medmtl.mtl.weightings._base import (
-    WEIGHTINGS,
-    Weighting,
-    check_task_dict,
-    weighted_sum,
-)
+from medmtl.mtl.weightings._base import WEIGHTINGS, Weighting, check_task_dict, weighted_sum
 
 __all__ = ["FixedWeighting"]
 

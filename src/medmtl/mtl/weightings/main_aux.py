@@ -7,12 +7,7 @@ import torch
 from torch import Tensor
 
 from medmtl.errors import ConfigError
-from medmtl.mtl.weightings._base import (
-    WEIGHTINGS,
-    Weighting,
-    check_task_dict,
-    weighted_sum,
-)
+from medmtl.mtl.weightings._base import WEIGHTINGS, Weighting, check_task_dict, weighted_sum
 
 __all__ = ["MainAuxWeighting"]
 
