@@ -108,7 +108,6 @@ def thumbnail(arr: np.ndarray, size: int) -> np.ndarray:
     h, w = grey.shape
     s = min(h, w)
     top, left = (h - s) // 2, (w - s) // 2
-
     img = Image.fromarray(np.ascontiguousarray(grey[top:top + s, left:left + s]))
     return np.asarray(img.resize((size, size), Image.Resampling.BOX))
 
