@@ -183,6 +183,19 @@ def test_cli_label_error_has_no_traceback(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_a_folder_inside_a_class_folder_is_listed_not_passed_over(tmp_path):
+    src = shared("brain_tumor_mri")
+    root = tmp_path / "brain"
+    copy_images(src / "yes", root / "yes", 4)
+    copy_images(src / "no", root / "no", 4)
+    nested = root / "no" / "more"
+    copy_images(src / "no", nested, 3, start=4)
+    data = prepare(config(tmp_path, brain_task(root)), progress=False)
+    assert skipped_of(data, "brain") == {str(nested): "a folder inside class folder 'no' (3 files not read; images "
+                                                      "go directly in ROOT/CLASS)"}
+    assert len(data.source_of("brain")) == 8
+
+
 def write_manifest(path: Path, header: list[str], rows: list[list]) -> Path:
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -255,6 +268,29 @@ def test_busi_mask_size_mismatch_names_mask_and_image(tmp_path):
     resize_file(mask)
     with pytest.raises(DataError, match=rf"mask {re.escape(str(mask))} .*image {re.escape(str(image))}"):
         prepare(config(tmp_path, busi_task(root)), progress=False)
+
+
+def test_busi_image_without_a_mask_is_kept_for_its_class_and_listed(tmp_path):
+    root = tmp_path / "busi"
+    copied = copy_busi(root)
+    image, mask = copied["benign"][0]
+    mask.unlink()
+    data = prepare(config(tmp_path, busi_task(root, "busi_cls", "multiclass", "class")), progress=False)
+    assert len(data.source_of("busi_cls")) == 9
+    assert skipped_of(data, "busi_cls") == {str(image): "no mask file: kept for its class, unlabelled for mask, box "
+                                                        "and lesion characteristics"}
+
+
+def test_manifest_row_with_a_half_written_box_names_the_row(tmp_path):
+    src = shared("brain_tumor_mri")
+    images = copy_images(src / "yes", tmp_path / "imgs", 3)
+    rows = [[f"imgs/{p.name}", "yes", 1, 1, 5, 5] for p in images]
+    rows[2][4] = ""
+    csv_path = write_manifest(tmp_path / "boxes.csv", ["image", "label", "x0", "y0", "x1", "y1"], rows)
+    task = manifest_task(csv_path, box_columns=["x0", "y0", "x1", "y1"])
+    with pytest.raises(DataError, match=r"boxes\.csv: row 4: box columns \['x0', 'y0', 'x1', 'y1'\] are partly "
+                                        r"empty \(\['1', '1', '', '5'\]\)"):
+        prepare(config(tmp_path, task), progress=False)
 
 
 def test_busi_copy_reads_when_intact(tmp_path):

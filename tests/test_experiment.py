@@ -55,9 +55,18 @@ def test_every_strategy_writes_the_results_layout(tmp_path, shared_cache, monkey
     # the sequential arm trained a source model on retinamnist, then the target from its trunk
     tl_cfg = (out / "arms/tl/seed0/target/config.yaml").read_text()
     assert "source/checkpoints/best.ckpt" in tl_cfg and "transfer" in tl_cfg
+    # the audit: every model's best epoch, the learning rate and the SVM's C, none reading test;
+    # every test scoring is of a final model (one per arm model and seed)
+    doc = json.loads((out / "results/audit.json").read_text())
+    kinds = {d["what"] for d in doc["decisions"]}
+    assert {"best_epoch", "learning_rate", "svm_c"} <= kinds and doc["problems"] == []
+    assert all(r["split"] != "test" for d in doc["decisions"] for r in d["reads"])
+    assert {d["for"]["arm"] for d in doc["decisions"] if d["what"] == "best_epoch"} == {"stl", "mtl", "tl", "ft", "fs"}
+    assert {d["reads"][0]["split"] for d in doc["decisions"] if d["what"] == "svm_c"} == {"train"}
+    assert sorted(s["model"] for s in doc["test_scores"]) == sorted(arms) and all(s["final"] for s in doc["test_scores"])
 
     # a rerun trains nothing again
-    monkeypatch.setattr(STRATEGIES, "get", lambda name: pytest.fail(f"strategy {name} ran again"))
+    monkeypatch.setattr(STRATEGIES, "get", lambda name, *a: pytest.fail(f"strategy {name} ran again"))
     again = run_experiment(cfg, quick=True, progress=False)
     assert pd.read_csv(again / "results/predictions.csv").shape == pred.shape
 
@@ -96,6 +105,12 @@ def test_cross_validation_on_a_representative_split(tmp_path, shared_cache):
     assert set(chosen["candidates"]) == {"0", "1"} and chosen["chosen"] in (0, 1)
     stds = {k: v["std"] for k, v in chosen["candidates"].items()}
     assert stds[str(chosen["chosen"])] == min(stds.values())
+    # candidates are scored on validation only and kept apart; the chosen folds' models are trained afresh
+    candidate_preds = [pd.read_csv(p) for p in (out / "cv/candidates").rglob("predictions.csv")]
+    assert len(candidate_preds) == 4 and all(set(p["split"]) == {"val"} for p in candidate_preds)
+    doc = json.loads((out / "results/audit.json").read_text())
+    assert [d["chose"] for d in doc["decisions"] if d["what"] == "cv_split"] == [chosen["chosen"]]
+    assert doc["problems"] == [] and all(s["final"] for s in doc["test_scores"])
     pred = pd.read_csv(out / "results/predictions.csv")
     test = pred[(pred.split == "test") & (pred.arm == "stl")]
     assert set(test["fold"]) == {0, 1}
@@ -128,3 +143,21 @@ def test_arms_run_as_parallel_trials_in_dependency_waves(tmp_path, shared_cache,
     stamp = (out / "arms/stl/seed0/done.json").stat().st_mtime_ns
     run_experiment(par, quick=True, progress=False, workers=2)           # everything finished: nothing runs
     assert (out / "arms/stl/seed0/done.json").stat().st_mtime_ns == stamp
+
+
+def test_the_same_command_twice_gives_the_same_metrics(tmp_path, shared_cache):
+    """Two runs of one config into two run dirs, on this machine: the same results/metrics.json,
+    number for number (a verdict that moved between them would mean nothing)."""
+    _, raw = _cfg(tmp_path, shared_cache, epochs=1)
+    raw["tasks"] = raw["tasks"][:1]
+    raw["experiment"] = {"main_task": "breastmnist", "seeds": [0],
+                         "arms": [{"name": "stl", "strategy": "stl"},
+                                  {"name": "fe", "strategy": "feature_extraction", "source_arm": "stl",
+                                   "svm_c": [1.0]}]}
+    docs = []
+    for name in ("first", "second"):
+        out = run_experiment(parse_config({**raw, "run_dir": str(tmp_path / name)}), progress=False)
+        docs.append((out / "results" / "metrics.json").read_text())
+    assert docs[0] == docs[1]
+    metrics = json.loads(docs[0])
+    assert set(metrics) == {"stl", "fe"} and "threshold_youden" in metrics["stl"]["0"]["breastmnist"]["test"]

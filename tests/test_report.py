@@ -175,7 +175,7 @@ def test_one_arm_without_checkpoints_says_what_is_missing(tmp_path):
     y = rng.integers(0, 3, 60)
     probs = rng.dirichlet(np.ones(3), 60)
     pred = pd.DataFrame({"arm": "stl", "seed": 0, "task": "tissue", "split": "test", "id": [f"i{k}" for k in range(60)],
-                         "group": "g", "y_true": y, **{f"score_{c}": probs[:, k] for k, c in enumerate("FGD")}})
+                         "group": [f"g{k}" for k in range(60)], "y_true": y, **{f"score_{c}": probs[:, k] for k, c in enumerate("FGD")}})
     (tmp_path / "results").mkdir()
     pred.to_csv(tmp_path / "results" / "predictions.csv", index=False)
     metrics = {"stl": {"0": {"tissue": {"test": {"auc": 0.5, "accuracy": 0.3}},

@@ -97,11 +97,40 @@ def test_comparisons_test_pairs_and_say_the_outcome(run_dir):
     rows = {r["comparison"]: r for r in doc["sections"]["comparisons"]["table"]}
     good_weak, weak_same = rows["good vs weak"], rows["weak vs same"]
     assert good_weak["test"] == "DeLong paired" and good_weak["p (Holm)"] < 0.001
-    assert good_weak["verdict"] == "good better than weak"
+    assert good_weak["verdict"].startswith("good better than weak; this compares the two models trained with seed 0,"
+                                           " not the two methods (2 seeds; a verdict on the methods needs 3)")
+    assert good_weak["level"] == "model"
     assert weak_same["p (Holm)"] >= weak_same["p"]                  # Holm never lowers a p-value
     assert weak_same["verdict"].startswith("no significant difference")
     assert good_weak["seeds"] == 2 and good_weak["2-std rule"] in ("significant", "not significant")
     assert "Wilcoxon p (Holm)" in good_weak
+    # power: 200 test images, a small seed spread: detectable differences of a few hundredths, not 0, not 1
+    assert 0.01 < weak_same["detectable difference"] < 0.3
+    if abs(weak_same["difference"]) < weak_same["detectable difference"]:
+        assert "underpowered: only differences of" in weak_same["verdict"]
+
+
+def test_comparisons_resample_patients_when_images_share_them(run_dir):
+    """Four images per patient: the paired test and the AUC CI resample whole patients, not images."""
+    path = run_dir / "results" / "predictions.csv"
+    pred = pd.read_csv(path)
+    pred["group"] = "p" + (pred["id"].str[1:].astype(int) // 4).astype(str)
+    pred.to_csv(path, index=False)
+    doc, _, _ = _sections(run_dir)
+    rows = {r["comparison"]: r for r in doc["sections"]["comparisons"]["table"]}
+    assert rows["good vs weak"]["test"] == "paired bootstrap (1000, over 50 groups)"
+    table = {(r["arm"], r["task"]): r for r in doc["rows"]}
+    assert table[("good", "main")]["metrics"]["auc"]["ci_method"].startswith("grouped bootstrap (100, 50 groups")
+
+
+def test_a_constant_model_gets_no_verdict(run_dir):
+    path = run_dir / "results" / "predictions.csv"
+    pred = pd.read_csv(path)
+    pred.loc[pred.arm == "weak", ["score_neg", "score_pos"]] = 0.5
+    pred.to_csv(path, index=False)
+    doc, _, _ = _sections(run_dir)
+    rows = {r["comparison"]: r for r in doc["sections"]["comparisons"]["table"]}
+    assert rows["good vs weak"]["verdict"].startswith("degenerate, no verdict: the scores are constant")
 
 
 def test_data_and_training_sections(run_dir):

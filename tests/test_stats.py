@@ -398,3 +398,51 @@ def test_cli_delong_errors_exit_2_naming_the_column(tmp_path, args, frame, messa
     result = CliRunner().invoke(app, ["stats", "delong", _csv(tmp_path, pd.DataFrame(frame)), *args])
     assert result.exit_code == 2
     assert re.search(message, result.output), result.output
+
+
+# -- case-aware choices, power, degenerate models -------------------------------------------------
+def test_images_of_one_patient_are_resampled_together():
+    """Each patient's image filed four times: DeLong on the images is twice too sure; the grouped
+    bootstrap gives the width the patients themselves give."""
+    from medmtl.evaluation.stats import auc_interval, repeated_groups
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 120)
+    s = np.stack([1 - (p := 1 / (1 + np.exp(-(y * 1.2 + rng.normal(0, 1, 120))))), p], axis=1)
+    patients = np.arange(120).astype(str)
+    est1, lo1, hi1, how1 = auc_interval(y, s, patients)
+    assert how1 == "DeLong" and not repeated_groups(patients)
+    y4, s4, g4 = np.repeat(y, 4), np.repeat(s, 4, axis=0), np.repeat(patients, 4)
+    _, lo_d, hi_d, _ = auc_interval(y4, s4, None)                    # images taken as independent
+    est4, lo4, hi4, how4 = auc_interval(y4, s4, g4, n_boot=1000)
+    assert how4.startswith("grouped bootstrap (1000, 120 groups") and est4 == pytest.approx(est1)
+    assert (hi_d - lo_d) < 0.6 * (hi1 - lo1)                         # the too-narrow interval
+    assert (hi4 - lo4) == pytest.approx(hi1 - lo1, rel=0.25)          # the patients' width
+
+
+def test_paired_test_over_groups_and_the_detectable_difference():
+    from medmtl.evaluation.stats import auc_difference_test, detectable_difference
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 200)
+    a = y * 1.0 + rng.normal(0, 1, 200)
+    b = y * 1.0 + rng.normal(0, 1, 200)
+    two = lambda v: np.stack([1 - 1 / (1 + np.exp(-v)), 1 / (1 + np.exp(-v))], axis=1)  # noqa: E731
+    p, sd, how = auc_difference_test(y, two(a), two(b))
+    assert how == "DeLong paired" and 0 < sd < 0.1 and p > 0.01
+    mdd = detectable_difference(sd)
+    assert mdd == pytest.approx((1.959964 + 0.841621) * sd, rel=1e-4)
+    # the seeds' spread adds to it: three seeds disagreeing by a few hundredths
+    assert detectable_difference(sd, [0.05, -0.03, 0.01]) > mdd
+    groups = np.repeat(np.arange(50), 4).astype(str)
+    p_g, sd_g, how_g = auc_difference_test(y, two(a), two(b), groups, n_boot=300)
+    assert how_g == "paired bootstrap (300, over 50 groups)" and sd_g > 0 and 0 < p_g <= 1
+
+
+def test_degenerate_scores_are_named():
+    from medmtl.evaluation.stats import degenerate
+
+    y = np.array([0, 1, 0, 1])
+    assert degenerate(y, np.full((4, 2), 0.5)).startswith("the scores are constant")
+    assert degenerate(np.zeros(4, int), np.random.default_rng(0).random((4, 2))) == "the cases hold one class only"
+    assert degenerate(y, np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])) is None

@@ -28,7 +28,7 @@ from medmtl.engine import checkpoint as ckpt
 from medmtl.engine import optim
 from medmtl.engine.build import build_datasets, build_model, task_specs_dict
 from medmtl.engine.tracking import log_epoch
-from medmtl.engine.validate import monitor_value, predict_split, task_metrics
+from medmtl.engine.validate import monitor_value, monitored_tasks, predict_split, task_metrics
 from medmtl.errors import MedmtlError
 from medmtl.kinds import SINGLE_LABEL_KINDS
 from medmtl.metrics import higher_is_better
@@ -50,6 +50,8 @@ class FitResult:
     val_metrics: dict[str, dict[str, float]]
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    mode: str = "max"             # the monitored metric's direction: "max" or "min"
+    selection: dict = field(default_factory=dict)   # the best-epoch decision: tasks read, epochs, choice
 
 
 def _loader(dataset, cfg, sampler=None):
@@ -317,11 +319,20 @@ class Trainer:
             self._check_ranks_agree()
             metrics, _ = self.validate()
             monitor = monitor_value(metrics, self.specs, tc.early_stopping.monitor)
+            # a task whose metric is undefined this epoch (one class in its validation rows) leaves the
+            # monitor's mean: said in the log and in history.csv, never silently
+            undefined = [t for t in monitored_tasks(self.specs, tc.early_stopping.monitor)
+                         if t in metrics and math.isnan(metrics[t][self.specs[t].metric])]
+            if undefined:
+                log.warning("epoch %d: validation %s undefined for %s; the monitor averages the other tasks",
+                            self.epoch + 1, "/".join(sorted({self.specs[t].metric for t in undefined})), undefined)
             self.weighting.epoch_end(self.epoch, train_losses)
             self._schedule(monitor)
             improved = self._improved(monitor)
             row = {"epoch": self.epoch + 1, "seconds": round(time.perf_counter() - start, 3),
                    "lr": self.optimizer.param_groups[0]["lr"], "monitor": monitor}
+            if undefined:
+                row["monitor_left_out"] = ";".join(undefined)
             row.update({f"train_loss/{t}": v for t, v in train_losses.items()})
             row.update({f"train_accuracy/{t}": v for t, v in getattr(self, "train_accuracy", {}).items()})
             row.update({f"val_{m}/{t}": v for t, ms in metrics.items() for m, v in ms.items()})
@@ -354,12 +365,15 @@ class Trainer:
                 stopped = True
                 break
         self.fabric.barrier()
+        # the one decision training takes: which epoch's weights are kept, from these validation splits
+        selection = {"reads": [{"task": t, "split": "val"} for t in monitored_tasks(self.specs, tc.early_stopping.monitor)],
+                     "chose": self.best["epoch"], "grid": list(range(1, self.epoch + 1)), "mode": self.mode}
         if self.fabric.is_global_zero:
             (self.run_dir / "metrics.json").write_text(json.dumps(
-                {"best_epoch": self.best["epoch"], "monitor": self.best["monitor"], "val": self.best["metrics"]},
-                indent=2, default=float))
+                {"best_epoch": self.best["epoch"], "monitor": self.best["monitor"], "val": self.best["metrics"],
+                 "selection": selection}, indent=2, default=float))
         return FitResult(self.run_dir, self.best["epoch"], self.best["monitor"], self.best["metrics"],
-                         self.history, stopped)
+                         self.history, stopped, self.mode, selection)
 
     def _improved(self, monitor: float) -> bool:
         if math.isnan(monitor):

@@ -51,14 +51,18 @@ def task_metrics(spec, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return {n: (compute_metric(n, y, p) if len(y) else math.nan) for n in names}
 
 
+def monitored_tasks(specs: dict, monitor: str) -> list[str]:
+    """The tasks whose validation metric the monitor averages (what model selection reads)."""
+    if monitor in specs:
+        return [monitor]
+    if monitor == "all":
+        return list(specs)
+    return [t for t, s in specs.items() if s.role == "main"] or list(specs)
+
+
 def monitor_value(metrics: dict[str, dict[str, float]], specs: dict, monitor: str) -> float:
     """``main``: mean of the main tasks' own metric; ``all``: mean over tasks; else one task's metric."""
-    if monitor in specs:
-        chosen = [monitor]
-    elif monitor == "all":
-        chosen = list(specs)
-    else:
-        chosen = [t for t, s in specs.items() if s.role == "main"] or list(specs)
+    chosen = monitored_tasks(specs, monitor)
     vals = [metrics[t][specs[t].metric] for t in chosen if t in metrics]
     vals = [v for v in vals if not math.isnan(v)]
     return float(np.mean(vals)) if vals else math.nan

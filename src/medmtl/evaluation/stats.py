@@ -428,6 +428,94 @@ def _binary_auc(pos: np.ndarray, s: np.ndarray) -> float:
     return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
+# ----------------------------------------------------------------------------- case-aware choices
+def repeated_groups(groups) -> bool:
+    """Whether some group (patient, lesion) holds several rows: then rows are not independent cases."""
+    if groups is None:
+        return False
+    g = np.asarray(groups)
+    return len(np.unique(g)) < len(g)
+
+
+def _delong_applies(y: np.ndarray, s: np.ndarray) -> bool:
+    return s.ndim == 2 and s.shape[1] == 2 and np.bincount(y, minlength=2).min() >= 2 if len(y) else False
+
+
+def auc_interval(y, scores, groups=None, n_boot: int = 1000, alpha: float = 0.05,
+                 random_state=0) -> tuple[float, float, float, str]:
+    """``(auc, low, high, method)``: DeLong's CI for a binary task whose rows are independent cases;
+    where rows share a group (several images of one patient) DeLong's variance is too small, so a
+    class-stratified bootstrap that resamples whole groups is used instead, and ``method`` says which."""
+    y, s = np.asarray(y), np.asarray(scores)
+    if repeated_groups(groups):
+        est, lo, hi = bootstrap_auc_ci(y, s, groups=groups, n_boot=n_boot, alpha=alpha, random_state=random_state)
+        return est, lo, hi, f"grouped bootstrap ({n_boot}, {len(np.unique(groups))} groups: rows share groups)"
+    if _delong_applies(y, s):
+        est, (lo, hi) = delong_ci(y, s[:, 1].astype(float), alpha=alpha)
+        return est, lo, hi, "DeLong"
+    est, lo, hi = bootstrap_auc_ci(y, s, n_boot=n_boot, alpha=alpha, random_state=random_state)
+    return est, lo, hi, f"stratified bootstrap ({n_boot})" + ("" if s.ndim == 2 and s.shape[1] == 2 else
+                                                              ", macro one-vs-rest")
+
+
+def auc_difference_test(y, scores_a, scores_b, groups=None, n_boot: int = 1000,
+                        random_state=0) -> tuple[float, float, str]:
+    """``(p, sd, method)`` of AUC(a) = AUC(b) on the same cases: DeLong's paired test where rows are
+    independent binary cases, else a paired bootstrap resampling whole groups (Obuchowski's point:
+    images of one patient are one cluster). ``sd`` is the standard error of the AUC difference, what
+    :func:`detectable_difference` needs."""
+    y, a, b = np.asarray(y), np.asarray(scores_a), np.asarray(scores_b)
+    if not repeated_groups(groups) and _delong_applies(y, a):
+        theta, cov = _delong_cov(y, np.stack([a[:, 1].astype(float), b[:, 1].astype(float)]))
+        sd = math.sqrt(max(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1], 0.0))
+        return float(delong_test(y, a[:, 1].astype(float), b[:, 1].astype(float))[1]), sd, "DeLong paired"
+    rng = check_random_state(random_state)
+    draw = _resampler(y, groups if repeated_groups(groups) else None, stratified=True)
+    diffs = []
+    for _ in range(n_boot):
+        i = draw(rng)
+        diffs.append(auc_fast(y[i], a[i]) - auc_fast(y[i], b[i]))
+    diffs = np.asarray(diffs, float)
+    diffs = diffs[np.isfinite(diffs)]
+    d_obs = auc_fast(y, a) - auc_fast(y, b)
+    p = float((1 + np.sum(np.abs(diffs - d_obs) >= abs(d_obs) - 1e-12)) / (1 + len(diffs))) if len(diffs) else math.nan
+    sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan
+    unit = f"{len(np.unique(groups))} groups" if repeated_groups(groups) else "cases"
+    return p, sd, f"paired bootstrap ({n_boot}, over {unit})"
+
+
+def detectable_difference(sd_cases: float, seed_diffs=None, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true AUC difference a two-sided test at ``alpha`` finds with probability ``power``.
+
+    ``(z_{1-alpha/2} + z_power) * sd`` where ``sd`` combines the test-set sampling error of the
+    difference (``sd_cases``, one trained pair) and, with two or more seeds, the spread of the
+    per-seed differences over their mean (``std / sqrt(n)``); the seeds share one test set, so its
+    sampling error is not divided by n. A comparison of methods, not of two trained models, is only
+    as sure as the seeds' spread allows.
+    """
+    var = sd_cases ** 2 if sd_cases is not None and math.isfinite(sd_cases) else math.nan
+    d = np.asarray(seed_diffs if seed_diffs is not None else [], float)
+    d = d[np.isfinite(d)]
+    if len(d) >= 2:
+        # every seed is tested on the same cases: their sampling error is shared, not averaged away
+        var = (0.0 if math.isnan(var) else var) + float(np.var(d, ddof=1)) / len(d)
+    if math.isnan(var):
+        return math.nan
+    return float((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * math.sqrt(var))
+
+
+def degenerate(y, scores, tol: float = 1e-6) -> str | None:
+    """Why an AUC of these scores means nothing (one class present, or (near) constant scores), or None."""
+    y, s = np.asarray(y), np.asarray(scores, float)
+    if len(np.unique(y)) < 2:
+        return "the cases hold one class only"
+    if s.ndim == 2:
+        s = s[:, 1] if s.shape[1] == 2 else s
+    if float(np.max(np.ptp(s, axis=0))) < tol:
+        return f"the scores are constant (spread < {tol:g}): the model did not learn"
+    return None
+
+
 # ----------------------------------------------------------------------------- repeated seeds
 def _values(values, name: str, min_len: int = 1) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)

@@ -37,7 +37,7 @@ def accuracy(y: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean(np.argmax(scores, axis=1) == np.asarray(y))) if len(y) else float("nan")
 
 
-@METRICS.register("balanced_accuracy", kinds=SINGLE_LABEL_KINDS, higher_is_better=True)
+@METRICS.register("balanced_accuracy", kinds=SINGLE_LABEL_KINDS, higher_is_better=True, scored=BINARY)
 def balanced_accuracy(y: np.ndarray, scores: np.ndarray) -> float:
     return float(balanced_accuracy_score(y, np.argmax(scores, axis=1))) if len(y) else float("nan")
 
@@ -103,7 +103,7 @@ def specificity(y: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> fl
     return _macro(tn, tn + fp)
 
 
-@METRICS.register("f1", kinds=SINGLE_LABEL_KINDS, higher_is_better=True, threshold=True)
+@METRICS.register("f1", kinds=SINGLE_LABEL_KINDS, higher_is_better=True, scored=BINARY, threshold=True)
 def f1(y: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> float:
     """F1 = 2TP / (2TP + FP + FN) of the positive class (macro over classes for multiclass).
 

@@ -23,6 +23,7 @@ class ProtocolRun:
     pred: pd.DataFrame
     data: object
     summary: dict = field(default_factory=dict)
+    audit: dict = field(default_factory=dict)     # decisions and test scorings (medmtl.evaluation.audit)
 
 
 # A protocol is ``fn(cfg, run_dir, executor, progress) -> ProtocolRun``; it trains through the

@@ -17,6 +17,7 @@ import pandas as pd
 from medmtl.data.inspect import data_summary
 from medmtl.data.pipeline import prepare
 from medmtl.errors import ConfigError
+from medmtl.evaluation import audit
 from medmtl.evaluation.predictions import prediction_rows
 from medmtl.evaluation.results import PREDICTION_COLUMNS, read_rows
 from medmtl.evaluation.scoring import score_run
@@ -31,10 +32,13 @@ def arm_dir(run_dir: Path, arm: str, seed: int) -> Path:
     return Path(run_dir) / "arms" / arm / f"seed{seed}"
 
 
-def run_arms(cfg, data, run_dir: Path, arms, seeds, executor: Executor = SEQUENTIAL) -> pd.DataFrame:
-    """Every arm for every seed under ``run_dir/arms``; a finished arm/seed is not run again."""
+def run_arms(cfg, data, run_dir: Path, arms, seeds, executor: Executor = SEQUENTIAL,
+             splits: tuple = ("val", "test")) -> pd.DataFrame:
+    """Every arm for every seed under ``run_dir/arms``, scored on ``splits``; a finished arm/seed is
+    not run again. Each arm's decisions and test scorings are kept in its ``done.json`` (see
+    :func:`arms_audit`)."""
     if executor.parallel:
-        run_arms_on_grid(cfg, run_dir, arms, seeds, executor)
+        run_arms_on_grid(cfg, run_dir, arms, seeds, executor, splits)
     frames = []
     for seed in seeds:
         finished: dict[str, Path] = {}
@@ -45,9 +49,9 @@ def run_arms(cfg, data, run_dir: Path, arms, seeds, executor: Executor = SEQUENT
                 record = json.loads(done.read_text())
                 log.info("arm %s seed %d already finished: not run again", arm.name, seed)
             else:
-                ctx = ArmContext(cfg, arm, data, seed, directory, finished)
+                ctx = ArmContext(cfg, arm, data, seed, directory, finished, splits=tuple(splits))
                 outcome = create_strategy(arm.strategy)(ctx)
-                record = _score_outcome(outcome, arm, seed, data, cfg, directory)
+                record = _score_outcome(outcome, arm, seed, data, cfg, directory, ctx)
                 done.parent.mkdir(parents=True, exist_ok=True)
                 done.write_text(json.dumps(record))
             finished[arm.name] = Path(record["runs"].get("", directory))
@@ -65,20 +69,33 @@ def dense_predictions(cfg, run_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _score_outcome(outcome, arm, seed, data, cfg, directory: Path) -> dict:
+def arms_audit(run_dir: Path, arms, seeds) -> dict:
+    """The decisions and test scorings of every finished arm and seed under ``run_dir/arms``."""
+    records = [json.loads(p.read_text()) for s in seeds for a in arms
+               if (p := arm_dir(run_dir, a.name, s) / "done.json").is_file()]
+    return audit.merge(*({"decisions": r.get("decisions", []), "test_scores": r.get("test_scores", [])}
+                         for r in records))
+
+
+def _score_outcome(outcome, arm, seed, data, cfg, directory: Path, ctx) -> dict:
     exp = cfg.experiment
-    frames = []
+    frames, tested = [], []
     if outcome.scores is not None:
         specs = {exp.main_task: data.tasks[exp.main_task]}
         for split, scores in outcome.scores["scores"].items():
             frames.append(prediction_rows(scores, outcome.scores["datasets"][split], data, specs,
                                           arm=arm.name, seed=seed, split=split))
+            if split == "test":
+                tested.append(audit.test_score(arm.name, seed, exp.main_task, final=True, why="the arm's SVM"))
     evaluate = [t for t in (exp.evaluate or [exp.main_task]) if t in data.tasks]
     dense: list[pd.DataFrame] = []
     for sub, run in outcome.runs.items():
         name = arm.name if not sub else f"{arm.name}/{sub}"
-        for split in ("val", "test"):
+        for split in ctx.splits:
             frames.append(score_run(run, data, evaluate, split, exp.tta and split == "test", name, seed, dense))
+            if split == "test":
+                tested += [audit.test_score(name, seed, t, final=True, why="the arm's selected model")
+                           for t in evaluate]
     directory.mkdir(parents=True, exist_ok=True)
     pred = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     # an arm without a classification task (stl on segmentation) still writes the header run_arms reads
@@ -89,7 +106,8 @@ def _score_outcome(outcome, arm, seed, data, cfg, directory: Path) -> dict:
         dense_pred.to_csv(directory / "predictions_dense.csv", index=False)
     for note in outcome.notes:
         log.info("arm %s seed %d: %s", arm.name, seed, note)
-    return {"runs": {k: str(v) for k, v in outcome.runs.items()}, "notes": outcome.notes}
+    return {"runs": {k: str(v) for k, v in outcome.runs.items()}, "notes": outcome.notes,
+            "decisions": ctx.decisions, "test_scores": tested}
 
 
 # ----------------------------------------------------------------------------- arms as grid trials
@@ -110,7 +128,7 @@ def waves(arms) -> list[list]:
     return out
 
 
-def run_arms_on_grid(cfg, run_dir: Path, arms, seeds, executor: Executor) -> None:
+def run_arms_on_grid(cfg, run_dir: Path, arms, seeds, executor: Executor, splits=("val", "test")) -> None:
     """Run every unfinished (arm, seed) as grid trials, wave by wave; raise if any trial failed.
 
     A trial writes the arm's usual ``done.json``, so :func:`run_arms` afterwards finds every arm
@@ -124,7 +142,8 @@ def run_arms_on_grid(cfg, run_dir: Path, arms, seeds, executor: Executor) -> Non
             for seed in seeds:
                 if (arm_dir(run_dir, arm.name, seed) / "done.json").is_file():
                     continue
-                params = {"config": base, "arm": arm.name, "seed": seed, "run_dir": str(run_dir)}
+                params = {"config": base, "arm": arm.name, "seed": seed, "run_dir": str(run_dir),
+                          "splits": list(splits)}
                 trials.append(Trial(_trial_id(arm.name, seed), f"{arm.name},seed={seed}",
                                     {"arm": arm.name, "seed": seed}, params))
         if trials:
@@ -142,7 +161,8 @@ def run_arm_trial(params: dict, trial_dir: Path) -> dict:
     run_dir = Path(params["run_dir"])
     arm = next(a for a in cfg.experiment.arms if a.name == params["arm"])
     # run_arms with the one arm: its source arm (an earlier wave) is found through its done.json
-    run_arms(cfg, data, run_dir, _with_sources(cfg.experiment.arms, arm), [params["seed"]])
+    run_arms(cfg, data, run_dir, _with_sources(cfg.experiment.arms, arm), [params["seed"]],
+             splits=tuple(params.get("splits", ("val", "test"))))
     return json.loads((arm_dir(run_dir, arm.name, params["seed"]) / "done.json").read_text())
 
 
@@ -160,4 +180,5 @@ def holdout(cfg, run_dir: Path, executor: Executor, progress: bool) -> ProtocolR
     """Every arm and seed on the tasks' own train/val/test splits."""
     exp = cfg.experiment
     data = prepare(cfg, progress=progress)
-    return ProtocolRun(run_arms(cfg, data, run_dir, exp.arms, exp.seeds, executor), data, data_summary(data))
+    pred = run_arms(cfg, data, run_dir, exp.arms, exp.seeds, executor)
+    return ProtocolRun(pred, data, data_summary(data), arms_audit(run_dir, exp.arms, exp.seeds))

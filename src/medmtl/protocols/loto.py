@@ -28,11 +28,12 @@ from medmtl.data.pipeline import prepare
 from medmtl.data.readers import default_data_root
 from medmtl.engine.predict import load_run
 from medmtl.errors import ConfigError
+from medmtl.evaluation import audit
 from medmtl.evaluation.predictions import prediction_rows
 from medmtl.evaluation.results import publish_arms, read_rows, write_json
-from medmtl.evaluation.scoring import metrics_of, score_run
+from medmtl.evaluation.scoring import metrics_of, score_run, threshold_decisions
 from medmtl.execution import Executor, Trial, prepared
-from medmtl.metrics import auc
+from medmtl.metrics import auc, higher_is_better
 from medmtl.models.trunks import save_trunk
 from medmtl.protocols._base import PROTOCOLS, ProtocolRun
 from medmtl.protocols.strategies import ArmContext, lr_grid, svm_transfer, train_arm
@@ -92,12 +93,28 @@ def rank_summary(ranks: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("mean_rank", kind="stable")
 
 
-def choose(ranks: pd.DataFrame, target: str) -> str:
-    """The combination with the best average rank over every task except ``target``."""
-    others = [t for t in ranks.columns if t != target]
+def choose(ranks: pd.DataFrame, target: str, exclude=()) -> str:
+    """The combination with the best average rank over every task except ``target`` and ``exclude``
+    (its related tasks and the tasks holding copies of its images: see :func:`forbidden_for`)."""
+    others = ranked_on(ranks, target, exclude)
     if not others:
-        raise ConfigError("LOTO needs at least two left-out tasks to rank combinations")
+        raise ConfigError(f"LOTO: no left-out task is left to rank combinations for {target!r} once its related "
+                          f"tasks and copy-holding tasks {sorted(set(exclude) - {target})} are excluded; add "
+                          "unrelated tasks to loto.pool or loto.targets")
     return str(ranks[others].mean(axis=1).idxmin())
+
+
+def ranked_on(ranks: pd.DataFrame, target: str, exclude=()) -> list[str]:
+    return [t for t in ranks.columns if t != target and t not in set(exclude)]
+
+
+def forbidden_for(target: str, group: list[str], data) -> set[str]:
+    """What a choice for ``target`` must not read: its left-out group (tasks declared related) and
+    every task with cross-dataset copies of its images, either way round (BreastMNIST holds copies
+    of BUSI images: ranking BUSI's choice on BreastMNIST would rank it partly on BUSI itself)."""
+    copies = (getattr(data, "leakage", None) or {}).get("cross_duplicates", {})
+    holders = {o for o, n in copies.get(target, {}).items() if n} | {t for t, d in copies.items() if d.get(target)}
+    return (set(group) | holders | {target}) - {None}
 
 
 def loto_trial(cfg, data, group: list[str], combo: dict, seed: int, trial: Path) -> dict:
@@ -108,13 +125,14 @@ def loto_trial(cfg, data, group: list[str], combo: dict, seed: int, trial: Path)
         return json.loads(result_file.read_text())
     lc = cfg.loto
     arm = ArmConfig(name="loto", strategy="joint", svm_c=lc.svm_c, lrs=lc.lrs)
-    ctx = ArmContext(cfg, arm, data, seed, trial / "model")
+    ctx = ArmContext(cfg, arm, data, seed, trial / "model", task="+".join(group))
     model_dir, _ = train_arm(ctx, [t for t in lc.pool if t not in group], trial / "model", extra=combo)
     result = {"model": str(model_dir), "auc": {}}
     for task in group:
         scores, _, _ = svm_transfer(ctx, task, str(model_dir / "checkpoints" / "best.ckpt"), splits=("val",))
         d = scores["val"][task]
         result["auc"][task] = auc(d["y"], d["p"])
+    result["decisions"] = ctx.decisions
     trial.mkdir(parents=True, exist_ok=True)
     write_json(result_file, result)
     return result
@@ -153,7 +171,8 @@ def loto(cfg, run_dir: Path, executor: Executor, progress: bool) -> ProtocolRun:
     data = prepare(cfg, progress=progress)
     summary = run_loto(cfg, data, run_dir, executor)
     path = Path(run_dir) / "loto" / "predictions.csv"
-    return ProtocolRun(read_rows(path) if path.stat().st_size > 1 else pd.DataFrame(), data, summary)
+    return ProtocolRun(read_rows(path) if path.stat().st_size > 1 else pd.DataFrame(), data, summary,
+                       summary["audit"])
 
 
 def run_loto(cfg, data, run_dir: Path, executor: Executor | None = None) -> dict:
@@ -168,13 +187,14 @@ def run_loto(cfg, data, run_dir: Path, executor: Executor | None = None) -> dict
     combos = {combo_id(c): c for c in combinations(lc.grid)}
     arm = ArmConfig(name="loto", strategy="joint", svm_c=lc.svm_c, lrs=lc.lrs)
     _run_trials_on_grid(cfg, out, groups, combos, executor)
-    rows, models = [], {}
+    rows, models, audits = [], {}, []
     for group in groups:
         for cid, combo in combos.items():
             for seed in lc.seeds:
                 trial = out / "trials" / "+".join(group) / cid / f"seed{seed}"
                 result = loto_trial(cfg, data, group, combo, seed, trial)
                 models[("+".join(group), cid, seed)] = result["model"]
+                audits.append({"decisions": result.get("decisions", [])})
                 rows += [{"task": t, "combo": cid, "seed": seed, "auc": a} for t, a in result["auc"].items()]
     scores = pd.DataFrame(rows)
     ranks = rank_table(scores)
@@ -182,42 +202,64 @@ def run_loto(cfg, data, run_dir: Path, executor: Executor | None = None) -> dict
     preds = []
     for group in groups:
         for target in group:
-            chosen = choose(ranks, target)
-            summary["targets"][target] = {"combination": chosen, "tests": {}}
+            forbidden = forbidden_for(target, group, data)
+            chosen = choose(ranks, target, forbidden)
+            summary["targets"][target] = {"combination": chosen, "tests": {},
+                                          "ranked_on": ranked_on(ranks, target, forbidden)}
+            audits.append({"decisions": [audit.decision(
+                "loto_combination", arm="loto", seed="all", task=target,
+                reads=audit.reads(ranked_on(ranks, target, forbidden), "val"), chose=chosen, grid=list(combos),
+                forbidden=forbidden)]})
             for seed in lc.seeds:
-                done = out / "transfer" / target / f"seed{seed}" / "predictions.csv"
+                tdir = out / "transfer" / target / f"seed{seed}"
+                done, kept = tdir / "predictions.csv", tdir / "audit.json"
                 if done.is_file():       # a finished transfer is not run again
                     preds.append(read_rows(done))
+                    audits.append(json.loads(kept.read_text()) if kept.is_file() else {})
                     continue
                 n_before = len(preds)
                 model = Path(models[("+".join(group), chosen, seed)])
                 ckpt = str(model / "checkpoints" / "best.ckpt")
                 ctx = ArmContext(cfg.model_copy(update={"experiment": _target_exp(cfg, target)}), arm, data, seed,
-                                 out / "transfer" / target / f"seed{seed}")
+                                 tdir)
+                tested = []
                 if "feature_extraction" in lc.transfer:
                     sc, sets, _ = svm_transfer(ctx, target, ckpt)
                     for split in sc:
                         preds.append(prediction_rows(sc[split], sets[split], data, {target: data.tasks[target]},
                                                      arm="loto_feature_extraction", seed=seed, split=split))
+                    tested.append(audit.test_score("loto_feature_extraction", seed, target, final=True,
+                                                   why="SVM on the chosen combination's trunk"))
                 if "finetune" in lc.transfer:
                     ctx.arm = arm.model_copy(update={"lrs": lc.lrs, "source_arm": None, "pretrained": ckpt})
                     best = lr_grid(ctx, ckpt).runs[""]
                     for split in ("val", "test"):
                         preds.append(score_run(best, data, [target], split, False, "loto_finetune", seed))
+                    tested.append(audit.test_score("loto_finetune", seed, target, final=True,
+                                                   why="fine-tuned from the chosen combination, lr on validation"))
                 done.parent.mkdir(parents=True, exist_ok=True)
                 pd.concat(preds[n_before:], ignore_index=True).to_csv(done, index=False)
+                audits.append({"decisions": ctx.decisions, "test_scores": tested})
+                write_json(kept, audits[-1])
     if lc.joint or lc.artifact:
         targets = [t for g in groups for t in g] if lc.joint else []
         best = _best_overall(ranks)
         trials, pool_rows = _pool_models(cfg, data, out, combos if lc.joint else {best: combos[best]}, arm, targets)
+        audits += [t["audit"] for t in trials]
         if lc.joint:
-            preds.append(_joint_rows(pool_rows, data, targets, summary))
+            joint, joint_audit = _joint_rows(pool_rows, data, targets, summary, trials)
+            preds.append(joint)
+            audits.append(joint_audit)
         if lc.artifact:
             summary["artifact"] = save_pool_artifact(cfg, data, ranks, combos, trials, run_dir)
+            audits.append({"decisions": [audit.decision(
+                "pool_trunk_combination", arm="loto", seed="all", task="pool trunk",
+                reads=audit.reads(list(ranks.columns), "val"), chose=best, grid=list(combos))]})
     pred = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame()
     out.mkdir(parents=True, exist_ok=True)
     pred.to_csv(out / "predictions.csv", index=False)
     summary["metrics"] = metrics_of(pred, data) if len(pred) else {}
+    summary["audit"] = audit.merge(*audits, {"decisions": threshold_decisions(summary["metrics"])})
     scores.to_csv(out / "scores.csv", index=False)
     ranks.to_csv(out / "ranks.csv")
     rank_summary(ranks).to_csv(out / "rank_table.csv")
@@ -238,42 +280,61 @@ def _best_overall(ranks: pd.DataFrame) -> str:
 
 def _pool_models(cfg, data, out: Path, combos: dict, arm, targets: list[str]) -> tuple[list[dict], pd.DataFrame]:
     """Train (or reuse) one model on the whole pool per combination and seed, and score ``targets``
-    on their validation and test splits (whole, as every arm); a finished trial is only read back.
-    Returns the trials ({combo, seed, model}) and the prediction rows (with ``combo``)."""
+    on their validation splits; a finished trial is only read back. Returns the trials ({combo,
+    seed, model, audit}) and the validation rows (with ``combo``). Test is scored only for the
+    combination chosen on validation (:func:`_joint_rows`)."""
     lc, trials, frames = cfg.loto, [], []
     for cid, combo in combos.items():
         for seed in lc.seeds:
             trial = out / "trials" / POOL / cid / f"seed{seed}"
             model_dir, done, scored = trial / "model", trial / "result.json", trial / "predictions.csv"
             if not done.is_file():
-                train_arm(ArmContext(cfg, arm, data, seed, model_dir), list(lc.pool), model_dir, extra=combo)
-                write_json(done, {"model": str(model_dir), "combo": cid, "seed": seed})
+                ctx = ArmContext(cfg, arm, data, seed, model_dir, task="pool")
+                train_arm(ctx, list(lc.pool), model_dir, extra=combo)
+                write_json(done, {"model": str(model_dir), "combo": cid, "seed": seed, "decisions": ctx.decisions})
             rows = read_rows(scored) if scored.is_file() else pd.DataFrame()
+            rows = rows[rows["split"] == "val"] if len(rows) else rows
             missing = [t for t in targets if not len(rows) or t not in set(rows["task"])]
             if missing:    # joint turned on, or more targets, after the trial was trained
-                new = [score_run(model_dir, data, [t], split, False, "loto_joint", seed)
-                       for t in missing for split in ("val", "test")]
+                new = [score_run(model_dir, data, [t], "val", False, "loto_joint", seed) for t in missing]
                 rows = pd.concat([rows, *(r.assign(combo=cid) for r in new)], ignore_index=True)
                 rows.to_csv(scored, index=False)
-            trials.append({"combo": cid, "seed": seed, "model": str(model_dir)})
+            decisions = json.loads(done.read_text()).get("decisions", [])
+            trials.append({"combo": cid, "seed": seed, "model": str(model_dir), "audit": {"decisions": decisions}})
             frames.append(rows)
     return trials, pd.concat(frames, ignore_index=True)
 
 
-def _joint_rows(pool_rows: pd.DataFrame, data, targets: list[str], summary: dict) -> pd.DataFrame:
+def _joint_rows(pool_rows: pd.DataFrame, data, targets: list[str], summary: dict,
+                trials: list[dict]) -> tuple[pd.DataFrame, dict]:
     """Joint training (the paper's 'joint'): for each target, the whole-pool combination with the best
-    validation metric of that target (mean over seeds); its validation and test rows."""
-    keep = []
+    validation metric of that target (mean over seeds, in the metric's direction); its validation rows
+    and the test rows of its models, the only pool models scored on test. Returns the rows and audit."""
+    keep, decisions, tested = [], [], []
     for target in targets:
         metric = data.tasks[target].metric
+        sign = 1.0 if higher_is_better(metric) else -1.0
         val = {}
         for cid, rows in pool_rows[(pool_rows.task == target) & (pool_rows.split == "val")].groupby("combo"):
             per_seed = metrics_of(rows.drop(columns=["combo"]), data)["loto_joint"]
             val[cid] = float(np.nanmean([m[target]["val"][metric] for m in per_seed.values()]))
-        chosen = max(val, key=lambda c: (np.nan_to_num(val[c], nan=-np.inf), c))
+        chosen = max(val, key=lambda c: (np.nan_to_num(sign * val[c], nan=-np.inf), c))
         summary["targets"].setdefault(target, {})["joint_combination"] = chosen
+        decisions.append(audit.decision("joint_combination", arm="loto_joint", seed="all", task=target,
+                                        reads=audit.reads([target], "val"), chose=chosen, grid=sorted(val)))
         keep.append(pool_rows[(pool_rows.task == target) & (pool_rows.combo == chosen)])
-    return pd.concat(keep, ignore_index=True).drop(columns=["combo"])
+        for t in trials:
+            if t["combo"] != chosen:
+                continue
+            cached = Path(t["model"]).parent / f"test_{target}.csv"
+            rows = read_rows(cached) if cached.is_file() else \
+                score_run(Path(t["model"]), data, [target], "test", False, "loto_joint", t["seed"])
+            rows.to_csv(cached, index=False)
+            keep.append(rows.assign(combo=chosen))
+            tested.append(audit.test_score("loto_joint", t["seed"], target, final=True,
+                                           why="whole-pool model of the combination chosen on validation"))
+    rows = pd.concat(keep, ignore_index=True).drop(columns=["combo"])
+    return rows, {"decisions": decisions, "test_scores": tested}
 
 
 def save_pool_artifact(cfg, data, ranks: pd.DataFrame, combos: dict, trials: list[dict], run_dir: Path) -> dict:

@@ -11,9 +11,11 @@ import pandas as pd
 
 from medmtl.config import override_config, save_config
 from medmtl.errors import ConfigError
+from medmtl.evaluation import audit
+from medmtl.evaluation.audit import write_audit
 from medmtl.evaluation.predictions import dense_metrics_of
 from medmtl.evaluation.results import merge_nested, write_results
-from medmtl.evaluation.scoring import metrics_of
+from medmtl.evaluation.scoring import metrics_of, threshold_decisions
 from medmtl.execution import Executor
 from medmtl.protocols._base import create_protocol
 from medmtl.protocols.applications import application_config
@@ -44,17 +46,20 @@ def run_experiment(cfg, *, quick: bool = False, progress: bool = True, workers: 
     check_config(cfg)
     run_dir = Path(cfg.run_dir)
     save_config(cfg, run_dir)
+    audits = []
     if cfg.experiment is not None:
-        _run_comparisons(cfg, run_dir, executor, progress)
+        audits.append(_run_comparisons(cfg, run_dir, executor, progress))
     if cfg.loto is not None:
-        create_protocol("loto")(cfg, run_dir, executor, progress)
+        audits.append(create_protocol("loto")(cfg, run_dir, executor, progress).audit)
+    write_audit(run_dir, audit.merge(*audits))    # fails the run if a decision saw what it must not
     return run_dir
 
 
-def _run_comparisons(cfg, run_dir: Path, executor: Executor, progress: bool) -> None:
-    """Each application's comparison (or the one of the config), into one ``results/``."""
+def _run_comparisons(cfg, run_dir: Path, executor: Executor, progress: bool) -> dict:
+    """Each application's comparison (or the one of the config), into one ``results/``; returns the
+    merged audit of their decisions."""
     apps = cfg.experiment.applications or {"": None}
-    preds, metrics, summaries, dense = [], {}, {}, []
+    preds, metrics, summaries, dense, audits = [], {}, {}, [], []
     for name, app in apps.items():
         acfg = application_config(cfg, name, app) if app is not None else cfg
         app_dir = run_dir / "applications" / name if name else run_dir
@@ -66,5 +71,7 @@ def _run_comparisons(cfg, run_dir: Path, executor: Executor, progress: bool) -> 
             dense.append(app_dense.assign(application=name) if name else app_dense)
             merge_nested(metrics, dense_metrics_of(app_dense))
         summaries.update(run.summary)
+        audits.append(run.audit)
     write_results(run_dir, pd.concat(preds, ignore_index=True),
                   pd.concat(dense, ignore_index=True) if dense else None, metrics, summaries)
+    return audit.merge(*audits, {"decisions": threshold_decisions(metrics)})

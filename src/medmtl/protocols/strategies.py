@@ -26,6 +26,7 @@ from medmtl.engine.build import build_model, limit_items, scoring_subset
 from medmtl.engine.loop import fit
 from medmtl.engine.predict import default_device
 from medmtl.errors import ConfigError
+from medmtl.evaluation import audit
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,14 @@ class ArmContext:
     seed: int
     run_dir: Path          # arms/<arm>/seed<k>
     arm_dirs: dict = field(default_factory=dict)   # finished arms: name -> run dir of seed
+    splits: tuple = ("val", "test")                # what the arm's models are scored on afterwards
+    decisions: list = field(default_factory=list)  # the selection audit's records of this arm
+    task: str | None = None                        # what the arm's choices are for (default: the main task)
+
+    def decide(self, what: str, **kw) -> None:
+        """Record one selection decision of the arm (see :mod:`medmtl.evaluation.audit`)."""
+        task = self.task or _main(self)
+        self.decisions.append(audit.decision(what, arm=self.arm.name, seed=self.seed, task=task, **kw))
 
 
 @dataclass
@@ -79,11 +88,16 @@ def arm_config(ctx: ArmContext, tasks: list[str], run_dir: Path, *, pretrained="
                            edit=narrow)
 
 
-def train_arm(ctx: ArmContext, tasks, run_dir: Path, **kw) -> tuple[Path, float]:
+def train_arm(ctx: ArmContext, tasks, run_dir: Path, **kw):
+    """Train one model of the arm; its best-epoch decision goes to the arm's audit. Returns
+    ``(run_dir, FitResult)``."""
     cfg = arm_config(ctx, tasks, run_dir, **kw)
     save_config(cfg, run_dir)
     result = fit(cfg, ctx.data, run_dir, progress=False)
-    return run_dir, result.best_monitor
+    sel = result.selection
+    ctx.decide("best_epoch", reads=sel["reads"], chose=sel["chose"], grid=sel["grid"],
+               model=Path(run_dir).name if Path(run_dir) != Path(ctx.run_dir) else "")
+    return run_dir, result
 
 
 def _main(ctx) -> str:
@@ -136,16 +150,19 @@ def sequential(ctx: ArmContext) -> ArmOutcome:
 
 
 def lr_grid(ctx: ArmContext, pretrained) -> ArmOutcome:
-    best, best_run = -math.inf, None
-    mode_max = True
+    """One model per learning rate of ``lrs``; the best validation monitor wins, in the monitored
+    metric's own direction (a loss is minimised)."""
+    best, best_run, best_lr, reads = -math.inf, None, None, []
     for lr in ctx.arm.lrs:
-        run, monitor = train_arm(ctx, [_main(ctx)], ctx.run_dir / f"lr={lr:g}", pretrained=pretrained,
-                              extra={"train.optimizer.lr": lr})
-        value = monitor if mode_max else -monitor
+        run, result = train_arm(ctx, [_main(ctx)], ctx.run_dir / f"lr={lr:g}", pretrained=pretrained,
+                                extra={"train.optimizer.lr": lr})
+        value = result.best_monitor if result.mode == "max" else -result.best_monitor
+        reads = result.selection["reads"]
         if not math.isnan(value) and value > best:
-            best, best_run = value, run
+            best, best_run, best_lr = value, run, lr
     if best_run is None:
         raise ConfigError(f"experiment arm {ctx.arm.name!r}: no learning rate gave a finite validation metric")
+    ctx.decide("learning_rate", reads=reads, chose=best_lr, grid=list(ctx.arm.lrs))
     return ArmOutcome({"": best_run}, notes=[f"learning rate chosen on validation: {best_run.name}"])
 
 
@@ -181,7 +198,7 @@ def feature_extraction(ctx: ArmContext) -> ArmOutcome:
     passed through a logistic (binary) or softmax (multiclass) so they read as probabilities; AUC
     depends only on their order.
     """
-    scores, sets, c = svm_transfer(ctx, _main(ctx), _arm_pretrained(ctx))
+    scores, sets, c = svm_transfer(ctx, _main(ctx), _arm_pretrained(ctx), splits=ctx.splits)
     return ArmOutcome({}, scores={"scores": scores, "datasets": sets}, notes=[f"linear SVM C={c:g} (grouped 5-fold CV)"])
 
 
@@ -204,6 +221,7 @@ def svm_transfer(ctx: ArmContext, task: str, pretrained, splits=("val", "test"))
         sets[split] = ds
         feats[split] = _features(trunk, ds)
     clf, c = _fit_svm(feats["train"], ctx.data, sets["train"], task, ctx.arm.svm_c, ctx.seed)
+    ctx.decide("svm_c", reads=audit.reads([task], "train"), chose=c, grid=list(ctx.arm.svm_c), model=task)
     scores = {split: {task: {"y": feats[split][1], "p": _svm_scores(clf, feats[split][0]),
                              "item": np.arange(len(sets[split]))}} for split in splits}
     return scores, {s: sets[s] for s in splits}, c

@@ -6,6 +6,7 @@ the ``results/predictions.csv`` rows of one finished training run (what the expe
 calls for every arm and seed).
 """
 from medmtl.reports import (  # noqa: F401  (registers the study sections)
+    section_audit,
     section_comparisons,
     section_data,
     section_loto,

@@ -6,13 +6,15 @@ What the numbers are (the page and ``results.md`` repeat this):
 * ``mean``/``std``: over the seeds (std with ddof=1; empty with one seed). Values come from
   ``results/metrics.json``, or are computed from ``predictions.csv`` when that file is absent.
 * ``ref``/``ci_low``/``ci_high``: the reference seed's (seed 0, else the smallest) test-set value
-  and its 95% CI. AUC of a binary task with two cases and two controls: DeLong's CI, else a
-  class-stratified bootstrap over images; every other metric: a plain bootstrap over images
-  (stratifying would hide the variance of the class mix). The CI is the
-  test-set sampling uncertainty of one trained model; ``std`` is the spread over training seeds.
+  and its 95% CI. AUC: DeLong's CI for a binary task whose images are independent cases (two cases
+  and two controls at least); where images share a patient (a group with several images) a
+  class-stratified bootstrap that resamples whole groups, since DeLong's variance would be too
+  small; every other metric: a plain bootstrap, of whole groups where they repeat (stratifying would
+  hide the variance of the class mix). ``ci_method`` says which. The CI is the test-set sampling
+  uncertainty of one trained model; ``std`` is the spread over training seeds.
 * ``p_value`` (AUC only): each arm against the first arm on the reference seed's test images that
-  both arms scored (matched by ``id``): DeLong's paired test for binary tasks, else a
-  paired stratified bootstrap of the AUC difference (re-centred on zero).
+  both arms scored (matched by ``id``): DeLong's paired test under the same condition, else a
+  paired stratified bootstrap of the AUC difference over cases or whole groups (re-centred on zero).
 * Tasks with ``evaluate_at: group`` are scored per group (the mean score of its images), as the
   experiment runner scores them in ``metrics.json``; CIs, p-values, ROC and confusion use groups.
 """
@@ -109,23 +111,16 @@ def _ci(inputs: Inputs, info, pred, name: str, n_boot: int, ref_values: dict | N
     if pred is None:
         return {"ci_method": f"none: no {SPLIT} predictions for seed {inputs.reference_seed}"}
     y, s = pred["y_true"].to_numpy(int), inputs.scores(pred, info.name)
-    if name == "auc" and s.shape[1] == 2 and _two_per_class(y):
-        est, (lo, hi) = stats.delong_ci(y, s[:, 1].astype(float), alpha=ALPHA)
-        method = "DeLong"
-    elif name == "auc":
-        est, lo, hi = stats.bootstrap_auc_ci(y, s, n_boot=n_boot, alpha=ALPHA, random_state=0)
-        method = f"stratified bootstrap ({n_boot})" + ("" if s.shape[1] == 2 else ", macro one-vs-rest")
+    groups = pred["group"].astype(str).to_numpy() if "group" in pred.columns else None
+    if name == "auc":
+        est, lo, hi, method = stats.auc_interval(y, s, groups, n_boot=n_boot, alpha=ALPHA)
     else:
-        est, lo, hi = stats.interval(METRICS.get(name), y, s, n_boot=n_boot, alpha=ALPHA, stratified=False)
-        method = f"bootstrap ({n_boot})"
+        grouped = stats.repeated_groups(groups)
+        est, lo, hi = stats.interval(METRICS.get(name), y, s, groups=groups if grouped else None,
+                                     n_boot=n_boot, alpha=ALPHA, stratified=False)
+        method = f"bootstrap ({n_boot}" + (f", over {len(np.unique(groups))} groups)" if grouped else ")")
     unit = ", per group (mean score of its images)" if info.evaluate_at == "group" else ""
     return {"ref": est, "ci_low": lo, "ci_high": hi, "ci_method": f"{method}, seed {inputs.reference_seed}{unit}"}
-
-
-def _two_per_class(y: np.ndarray) -> bool:
-    """DeLong's variance needs at least two cases and two controls."""
-    counts = np.bincount(y, minlength=2)
-    return len(counts) == 2 and counts.min() >= 2
 
 
 def _p_values(inputs: Inputs, rows: list[dict], n_boot: int) -> None:
@@ -158,13 +153,11 @@ def _p_values(inputs: Inputs, rows: list[dict], n_boot: int) -> None:
                 m["p_method"] = f"none: {row['arm']} and {base} share no test ids with equal labels"
                 continue
             s0, s1 = inputs.scores(base_rows.loc[ids], task), inputs.scores(other.loc[ids], task)
+            groups = base_rows.loc[ids, "group"].astype(str).to_numpy() if "group" in base_rows.columns else None
             cases = f"{len(ids)} {'groups' if info.evaluate_at == 'group' else 'images'}"
-            if s0.shape[1] == 2 and _two_per_class(y):
-                m["p_value"] = float(stats.delong_test(y, s1[:, 1].astype(float), s0[:, 1].astype(float))[1])
-                m["p_method"] = f"DeLong paired, vs {base}, {cases}, seed {ref}"
-            else:
-                m["p_value"] = stats.paired_bootstrap_test(y, s1, s0, n_boot=n_boot, random_state=0)
-                m["p_method"] = f"paired bootstrap ({n_boot}), vs {base}, {cases}, seed {ref}"
+            p, _, how = stats.auc_difference_test(y, s1, s0, groups, n_boot=n_boot)
+            m["p_value"] = p
+            m["p_method"] = f"{how}, vs {base}, {cases}, seed {ref}"
 
 
 # -- writing ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from medmtl.reports._sections import REPORT_SECTIONS, Section
 from medmtl.reports._tables import _seed_metrics
 
 ALPHA = 0.05
+MIN_SEEDS = 3        # fewer seeds compare two trained models, not two methods
 
 
 def default_pairs(config: dict) -> list[tuple[str, str]]:
@@ -35,12 +36,24 @@ def _seed_aucs(inputs, arm, task) -> dict[int, float]:
     return {s: v for s, v in values.items() if v is not None and math.isfinite(v)}
 
 
-def _verdict(a: str, b: str, diff: float, p: float) -> str:
+def _verdict(a: str, b: str, diff: float, p: float, broken: str | None = None, level: str = "model",
+             detectable: float = math.nan, seeds: int = 1, ref=None) -> str:
+    """The outcome in words, with what it is about: two trained models (fewer than ``MIN_SEEDS``
+    seeds) or two methods, and the smallest difference the comparison could have found."""
+    if broken:
+        return f"degenerate, no verdict: {broken}"
     if not math.isfinite(p):
         return "not tested"
     if p >= ALPHA:
-        return f"no significant difference between {a} and {b}"
-    return f"{a} better than {b}" if diff > 0 else f"{a} worse than {b}"
+        out = f"no significant difference between {a} and {b}"
+        if math.isfinite(detectable) and abs(diff) < detectable:
+            out += f" (underpowered: only differences of {detectable:.3f} AUC or more could be detected)"
+    else:
+        out = f"{a} better than {b}" if diff > 0 else f"{a} worse than {b}"
+    if level == "model":
+        out += (f"; this compares the two models trained with seed {ref}, not the two methods "
+                f"({seeds} seed{'s' if seeds != 1 else ''}; a verdict on the methods needs {MIN_SEEDS})")
+    return out
 
 
 @REPORT_SECTIONS.register("comparisons", order=25)
@@ -62,30 +75,36 @@ def comparisons_section(inputs) -> Section | None:
             ids = pa.index.intersection(pb.index)
             y = pa.loc[ids, "y_true"].to_numpy(int)
             sa, sb = inputs.scores(pa.loc[ids], task), inputs.scores(pb.loc[ids], task)
-            binary = sa.shape[1] == 2
+            groups = pa.loc[ids, "group"].astype(str).to_numpy() if "group" in pa.columns else None
             auc_a, auc_b = stats.auc_fast(y, sa), stats.auc_fast(y, sb)
-            if binary and np.bincount(y, minlength=2).min() >= 2:
-                p, how = float(stats.delong_test(y, sa[:, 1].astype(float), sb[:, 1].astype(float))[1]), "DeLong paired"
+            broken = stats.degenerate(y, sa) or stats.degenerate(y, sb)
+            if broken:
+                p, sd, how = math.nan, math.nan, f"none: {broken}"
             else:
-                p, how = stats.paired_bootstrap_test(y, sa, sb, n_boot=1000, random_state=0), "paired bootstrap"
+                p, sd, how = stats.auc_difference_test(y, sa, sb, groups, n_boot=1000)
             va, vb = _seed_aucs(inputs, a, task), _seed_aucs(inputs, b, task)
             common = sorted(set(va) & set(vb))
+            diffs = [va[s] - vb[s] for s in common]
             row = {"comparison": f"{a} vs {b}", "task": task, "cases": f"{len(ids)} "
                    f"{'groups' if info.evaluate_at == 'group' else 'images'}",
                    "AUC a": auc_a, "AUC b": auc_b, "difference": auc_a - auc_b,
-                   "p": p, "test": how, "seeds": len(common)}
+                   "p": p, "test": how, "seeds": len(common),
+                   "level": "method" if len(common) >= MIN_SEEDS else "model",
+                   "detectable difference": stats.detectable_difference(sd, diffs if len(common) >= 2 else None),
+                   "_degenerate": broken}
             if len(common) >= 2:
                 xa, xb = [va[s] for s in common], [vb[s] for s in common]
                 row.update({"mean a": float(np.mean(xa)), "mean b": float(np.mean(xb)),
                             "2-std rule": "significant" if significant_by_2std(xa, xb) else "not significant",
-                            "_diffs": [x - z for x, z in zip(xa, xb)]})
+                            "_diffs": diffs})
             rows.append(row)
     if not rows:
         return None
     for row, adj in zip(rows, _holm([r["p"] for r in rows])):
         row["p (Holm)"] = adj
         a, b = row["comparison"].split(" vs ")
-        row["verdict"] = _verdict(a, b, row["difference"], adj)
+        row["verdict"] = _verdict(a, b, row["difference"], adj, row.pop("_degenerate"), row["level"],
+                                  row["detectable difference"], row["seeds"], ref)
     seeded = {f"{r['comparison']} / {r['task']}": r.pop("_diffs") for r in rows if "_diffs" in r}
     wilcoxon = {}
     if seeded:
@@ -99,7 +118,13 @@ def comparisons_section(inputs) -> Section | None:
     text = [f"Test split, seed {ref}: 'AUC a' is the first arm of each comparison, 'AUC b' the second; "
             "p is two-sided, Holm-corrected over the rows of this table. With several seeds, the 2-std "
             "rule calls a difference significant when it exceeds twice the larger std over seeds, and "
-            "Wilcoxon's signed-rank test runs over the seeds (Holm-corrected across rows)."]
+            "Wilcoxon's signed-rank test runs over the seeds (Holm-corrected across rows). Where images "
+            "share a patient, the paired test resamples whole patients (DeLong assumes independent cases). "
+            "'detectable difference' is the smallest AUC difference this comparison finds with 80% power "
+            "(two-sided, 5%), from the test cases' sampling error and, with several seeds, their spread. "
+            f"'level': 'model' with fewer than {MIN_SEEDS} seeds (two trained models are compared, not two "
+            "methods), 'method' otherwise. A model whose scores are constant, or cases of one class, get "
+            "no verdict."]
     return Section("Comparisons: does it help?", text=text, table=rows, data={"rows": rows, "wilcoxon": wilcoxon})
 
 

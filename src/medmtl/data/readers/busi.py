@@ -113,6 +113,9 @@ class BUSIReader(Reader):
                 mask_paths = [p for _, p in sorted(masks.get(stem, []))]
                 out = self._record(cls, stem, path, mask_paths)
                 (skipped if isinstance(out, Skipped) else records).append(out)
+                if not mask_paths:   # kept for its class; listed, since mask and box tasks lose it
+                    skipped.append(Skipped(str(path), "no mask file: kept for its class, unlabelled for mask, box "
+                                                      "and lesion characteristics"))
         return ReadResult(
             records,
             {"class": TargetInfo("multiclass", CLASSES), "mask": TargetInfo("segmentation"),

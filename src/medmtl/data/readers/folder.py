@@ -46,9 +46,14 @@ class FolderReader(Reader):
                 # os.scandir and string sorting: Path objects per entry cost ~1 s on PCam's 16000 files
                 entries = sorted((e.name, e.is_dir()) for e in os.scandir(class_dir))
                 for fname, is_dir in entries:
-                    if fname.startswith(".") or is_dir:
+                    if fname.startswith("."):
                         continue
                     path = class_dir / fname
+                    if is_dir:   # a sub-folder is not a class here: said, not silently passed over
+                        n = sum(1 for _ in path.rglob("*") if _.is_file())
+                        skipped.append(Skipped(str(path), f"a folder inside class folder {class_dir.name!r} "
+                                                          f"({n} files not read; images go directly in ROOT/CLASS)"))
+                        continue
                     if not fname.lower().endswith(exts):
                         skipped.append(Skipped(str(path), f"not an image file (extension {path.suffix!r})"))
                         continue

@@ -107,6 +107,9 @@ class ManifestReader(Reader):
         boxes = None
         if self.box_columns:
             cells = [row[c].strip() for c in self.box_columns]
+            if any(cells) and not all(cells):   # a half-written box is an error, never a silent "no box"
+                raise DataError(f"{self.path}: row {line}: box columns {list(self.box_columns)} are partly empty "
+                                f"({cells}); give all four (x0, y0, x1, y1) or none (no lesion box)")
             if all(cells):
                 try:
                     boxes = np.array([[float(v) for v in cells]], dtype=np.float32)
