@@ -99,7 +99,7 @@ def test_cross_validation_on_a_representative_split(tmp_path, shared_cache):
     raw["experiment"] = {"main_task": "breastmnist", "seeds": [0],
                          "arms": [{"name": "stl", "strategy": "stl"},
                                   {"name": "fe", "strategy": "feature_extraction", "svm_c": [1.0]}],
-                         "cv": {"n_splits": 2, "candidates": 2}}
+                         "cv": {"n_splits": 2, "candidates": 2, "criterion": "reference", "reference_arm": "stl"}}
     out = run_experiment(parse_config(raw), progress=False)
     chosen = json.loads((out / "cv/candidates.json").read_text())
     assert set(chosen["candidates"]) == {"0", "1"} and chosen["chosen"] in (0, 1)
@@ -161,3 +161,29 @@ def test_the_same_command_twice_gives_the_same_metrics(tmp_path, shared_cache):
     assert docs[0] == docs[1]
     metrics = json.loads(docs[0])
     assert set(metrics) == {"stl", "fe"} and "threshold_youden" in metrics["stl"]["0"]["breastmnist"]["test"]
+
+
+def test_cv_split_by_balance_trains_nothing_to_choose(tmp_path, shared_cache):
+    """The default criterion: the candidate whose test folds keep the class mix and even sizes best,
+    chosen without a model (it cannot favour an arm); a compared arm cannot be the reference."""
+    from medmtl.errors import ConfigError
+    from medmtl.protocols import check_config
+
+    _, raw = _cfg(tmp_path, shared_cache, epochs=1)
+    raw["run_dir"] = str(tmp_path / "cvb")
+    raw["tasks"] = raw["tasks"][:1]
+    raw["experiment"] = {"main_task": "breastmnist", "seeds": [0], "arms": [{"name": "stl", "strategy": "stl"}],
+                         "cv": {"n_splits": 2, "candidates": 3}}
+    out = run_experiment(parse_config(raw), progress=False)
+    chosen = json.loads((out / "cv/candidates.json").read_text())
+    scores = {int(k): v["score"] for k, v in chosen["candidates"].items()}
+    assert chosen["criterion"] == "balance" and chosen["chosen"] == min(scores, key=lambda k: (scores[k], k))
+    assert all(len(v["per_fold"]) == 2 for v in chosen["candidates"].values())
+    assert not (out / "cv" / "candidates").exists()                     # no candidate model trained
+    (split,) = [d for d in json.loads((out / "results/audit.json").read_text())["decisions"]
+                if d["what"] == "cv_split"]
+    assert split["reads"] == [{"task": "breastmnist", "split": "all", "as": "class counts"}]
+    raw["experiment"]["arms"].append({"name": "mtl", "strategy": "mtl", "tasks": ["breastmnist"]})
+    raw["experiment"]["cv"] = {"n_splits": 2, "candidates": 2, "criterion": "reference", "reference_arm": "stl"}
+    with pytest.raises(ConfigError, match=r"experiment\.cv\.reference_arm: 'stl' is compared"):
+        check_config(parse_config(raw))

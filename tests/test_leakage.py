@@ -116,6 +116,24 @@ def test_busi_training_copies_of_breastmnist_evaluation_images_are_excluded(real
     assert data.leakage["excluded"][task]["breastmnist"] == len(expected)
 
 
+def test_validation_copies_of_another_datasets_test_images_are_held_out(real):
+    """BUSI validation images that are BreastMNIST test images (and the other way round) would select,
+    by early stopping, a model later tested on their originals: they leave validation, counted."""
+    cfg, data = real
+    for task, other in (("busi_cls", "breastmnist"), ("breastmnist", "busi_cls")):
+        a, b = data.source_of(task), data.source_of(other)
+        pairs = leakage.find_copies(a.cached, b.cached, cfg.leakage)
+        hit = (a.split[pairs[:, 0]] == "val") & (b.split[pairs[:, 1]] == "test") & data.has_label(other)[pairs[:, 1]]
+        expected = {r for r in pairs[hit, 0].tolist() if data.has_label(task)[r]}
+        assert len(expected) > 5
+        labelled_val = set(np.flatnonzero(data.has_label(task) & (a.split == "val")).tolist())
+        assert labelled_val - set(data.rows(task, "val").tolist()) == expected
+        assert data.leakage["excluded_from_validation"][task][other] == len(expected)
+        assert inspect(data)["tasks"][task]["removed_from_validation"] == len(expected)
+    for name in UNRELATED:
+        assert data.leakage["excluded_from_validation"][name] == {}
+
+
 def test_copies_inside_training_sets_stay(real):
     cfg, data = real
     bm, busi = data.source_of("breastmnist"), data.source_of("busi_cls")
@@ -164,8 +182,14 @@ def test_the_guard_logs_one_line_per_task_pair(real, shared_cache, tmp_path, cap
         data = prepare(cfg, progress=False)
     lines = [r.getMessage() for r in caplog.records if "leakage guard" in r.getMessage()]
     n = data.leakage["excluded"]["breastmnist"]["busi_cls"]
-    assert len(lines) == 2
-    assert any("removed from breastmnist training" in line and f" {n} of them" in line for line in lines)
+    training = [line for line in lines if "validation images are copies" not in line]
+    assert len(training) == 2
+    assert any("removed from breastmnist training" in line and f" {n} of them" in line for line in training)
+    held = data.leakage["excluded_from_validation"]
+    validation = [line for line in lines if "validation images are copies" in line]
+    assert len(validation) == sum(1 for t in held for o in held[t] if held[t][o])
+    assert any(f"{held['breastmnist']['busi_cls']} breastmnist validation images are copies of busi_cls test "
+               "images; left out of validation" in line for line in validation)
 
 
 # -- synthetic datasets ----------------------------------------------------------------------------

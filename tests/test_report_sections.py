@@ -174,3 +174,18 @@ def test_experiment_needs_a_main_task_and_known_comparison_arms():
     raw["experiment"].update(main_task="a", comparisons=[["m", "z"]])
     with pytest.raises(Exception, match=r"comparisons name arms \['z'\]"):
         parse_config(raw, "test")
+
+
+def test_three_seeds_make_a_method_level_verdict(run_dir):
+    """With a third seed the comparison is about the methods, and the verdict says what the seeds show."""
+    path = run_dir / "results" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    for arm, auc in (("good", 0.95), ("weak", 0.6), ("same", 0.61)):
+        metrics[arm]["2"] = {"main": {"test": {"auc": auc}}}
+    path.write_text(json.dumps(metrics))
+    doc, _, _ = _sections(run_dir)
+    rows = {r["comparison"]: r for r in doc["sections"]["comparisons"]["table"]}
+    good_weak = rows["good vs weak"]
+    assert good_weak["seeds"] == 3 and good_weak["level"] == "method"
+    assert "over the 3 seeds the mean difference is +" in good_weak["verdict"]
+    assert "not the two methods" not in good_weak["verdict"]

@@ -313,11 +313,26 @@ class ArmConfig(_Section):
 
 class CVConfig(_Section):
     """Case-grouped stratified ``n_splits``-fold CV of the main task on a representative split,
-    chosen among ``candidates`` seeded splits (smallest spread of validation AUC, then highest mean)."""
+    chosen among ``candidates`` seeded splits.
+
+    ``criterion: balance`` (default) trains nothing: the split whose test folds are closest to the
+    whole set's class mix and most even in cases is chosen. ``reference`` is the study's criterion
+    (Samala et al.: the smallest spread of validation AUC over the folds, then the highest mean) with
+    the model of ``reference_arm``, an arm that no comparison uses: ranking splits by an arm that is
+    compared would pick the split that flatters it.
+    """
 
     n_splits: int = Field(4, ge=2)
     candidates: int = Field(10, ge=1)
     val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    criterion: Literal["balance", "reference"] = "balance"
+    reference_arm: str | None = None
+
+    @model_validator(mode="after")
+    def _reference(self):
+        if self.criterion == "reference" and not self.reference_arm:
+            raise ValueError("criterion: reference needs reference_arm (an arm that no comparison uses)")
+        return self
 
 
 class ReferenceValue(_Section):

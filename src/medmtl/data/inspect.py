@@ -40,6 +40,9 @@ def task_summary(data: PreparedData, task: str) -> dict:
         out["excluded_from_training"] = dict(data.leakage.get("excluded", {}).get(task, {}))
         removed = data.excluded.get(task, np.zeros(len(src), bool)) & labelled & (src.split == "train")
         out["removed_from_training"] = int(removed.sum())  # once per image, whichever datasets it copies
+        out["excluded_from_validation"] = dict(data.leakage.get("excluded_from_validation", {}).get(task, {}))
+        held = data.excluded_val.get(task, np.zeros(len(src), bool)) & labelled & (src.split == "val")
+        out["removed_from_validation"] = int(held.sum())
     return out
 
 

@@ -248,13 +248,24 @@ def _evaluation_rows(data, task: str) -> np.ndarray:
     return data.has_label(task) & np.isin(data.source_of(task).split, EVALUATION)
 
 
-def _one_direction(data, x: str, y: str, pairs: np.ndarray, report: dict, excluded: np.ndarray) -> list[dict]:
-    """Count copies of source ``x`` in ``y`` per task pair and mark ``x``'s leaking training rows."""
+def _one_direction(data, x: str, y: str, pairs: np.ndarray, report: dict, excluded: np.ndarray,
+                   excluded_val: np.ndarray) -> list[dict]:
+    """Count copies of source ``x`` in ``y`` per task pair; mark ``x``'s training rows that copy an
+    evaluation image of ``y`` and ``x``'s validation rows that copy a test image of ``y`` (model
+    selection on them would see the test image)."""
     sx, sy = data.sources[x], data.sources[y]
     a, b = pairs[:, 0], pairs[:, 1]
-    train_a = sx.split[a] == "train"
+    train_a, val_a = sx.split[a] == "train", sx.split[a] == "val"
     leaks = []
     for ty in sy.tasks:
+        test_b = (data.has_label(ty) & (sy.split == "test"))[b]
+        for tx in sx.tasks:
+            hit = val_a & test_b & data.has_label(tx)[a]
+            selecting = np.unique(a[hit])
+            if len(selecting):
+                report["excluded_from_validation"][tx][ty] = len(selecting)
+                leaks.append({"task": tx, "other": ty, "rows": selecting, "pairs": pairs[hit], "split": "val"})
+        excluded_val[a[val_a & test_b]] = True
         eval_b = _evaluation_rows(data, ty)[b]
         for tx in sx.tasks:
             labelled = data.has_label(tx)[a] & data.has_label(ty)[b]
@@ -274,6 +285,9 @@ def _describe(data, leak: dict, limit: int = 3) -> str:
     sx, sy = data.source_of(leak["task"]), data.source_of(leak["other"])
     examples = ", ".join(f"{sx.cached.records[i].source.describe()} = {sy.cached.records[j].source.describe()}"
                          for i, j in leak["pairs"][:limit])
+    if leak.get("split") == "val":
+        return (f"{len(leak['rows'])} validation images of {leak['task']!r} are copies of test images of "
+                f"{leak['other']!r} (e.g. {examples})")
     return (f"{len(leak['rows'])} training images of {leak['task']!r} are copies of validation/test images of "
             f"{leak['other']!r} (e.g. {examples})")
 
@@ -289,6 +303,10 @@ def _log(data, report: dict, policy: str) -> None:
             else:
                 log.info("leakage guard: %d %s images have a copy in %s; none crosses from evaluation to training",
                          n, task, other)
+            held = report["excluded_from_validation"][task].get(other, 0)
+            if held:
+                log.warning("leakage guard: %d %s validation images are copies of %s test images; %s", held, task,
+                            other, "left out of validation" if policy == "exclude" else "they would select models")
 
 
 def apply_leakage_guard(data, cfg) -> None:
@@ -312,14 +330,16 @@ def apply_leakage_guard(data, cfg) -> None:
         return
     cache_dir = getattr(data, "cache_dir", None)
     sigs = {k: Signatures.of(s.cached) for k, s in data.sources.items()}
-    report = {"cross_duplicates": {t: {} for t in data.tasks}, "excluded": {t: {} for t in data.tasks}, "pairs": {}}
+    report = {"cross_duplicates": {t: {} for t in data.tasks}, "excluded": {t: {} for t in data.tasks},
+              "excluded_from_validation": {t: {} for t in data.tasks}, "pairs": {}}
     excluded = {k: np.zeros(len(s), bool) for k, s in data.sources.items()}
+    excluded_val = {k: np.zeros(len(s), bool) for k, s in data.sources.items()}
     leaks = []
     for x, y in itertools.combinations(data.sources, 2):
         pairs = row_pairs(key_pairs(sigs[x], sigs[y], cfg, cache_dir), sigs[x], sigs[y])
         report["pairs"][f"{data.sources[x].tasks[0]}|{data.sources[y].tasks[0]}"] = pairs
-        leaks += _one_direction(data, x, y, pairs, report, excluded[x])
-        leaks += _one_direction(data, y, x, pairs[:, ::-1], report, excluded[y])
+        leaks += _one_direction(data, x, y, pairs, report, excluded[x], excluded_val[x])
+        leaks += _one_direction(data, y, x, pairs[:, ::-1], report, excluded[y], excluded_val[y])
     _log(data, report, cfg.policy)
     if leaks and cfg.policy == "error":
         raise LeakageError("leakage: " + "; ".join(_describe(data, leak) for leak in leaks)
@@ -328,4 +348,5 @@ def apply_leakage_guard(data, cfg) -> None:
     for key, src in data.sources.items():
         for task in src.tasks:
             data.excluded[task] = excluded[key].copy()
+            data.excluded_val[task] = excluded_val[key].copy()
     data.leakage = report

@@ -89,7 +89,9 @@ class PreparedData:
     """Every task's labels over its source's rows, with splits and the leakage guard's verdict.
 
     ``leakage`` (empty when the guard is off) holds ``cross_duplicates`` {task: {other task:
-    images with a copy there}}, ``excluded`` {task: {other task: training images removed}} and,
+    images with a copy there}}, ``excluded`` {task: {other task: training images removed}},
+    ``excluded_from_validation`` {task: {other task: validation images left out as copies of its test
+    images}} and,
     in memory only, ``pairs`` {"task|other": (P, 2) matched row pairs} per pair of sources.
     """
 
@@ -97,6 +99,7 @@ class PreparedData:
     sources: dict[str, SourceData]
     labels: dict[str, np.ndarray]
     excluded: dict[str, np.ndarray] = field(default_factory=dict)   # task -> rows kept out of training
+    excluded_val: dict[str, np.ndarray] = field(default_factory=dict)  # task -> rows kept out of validation
     leakage: dict = field(default_factory=dict)                     # filled by the leakage guard
     cache_dir: Path | None = None                                   # decode cache root (cached matches)
 
@@ -110,12 +113,15 @@ class PreparedData:
     def rows(self, task: str, split: str) -> np.ndarray:
         """Row indices (into the task's source) of labelled images of ``split``.
 
-        Training rows exclude images the leakage guard removed (copies of evaluation images).
+        Training rows exclude images the leakage guard removed (copies of evaluation images), and
+        validation rows the copies of another task's test images (selection would see them).
         """
         src = self.source_of(task)
         mask = self.has_label(task) & (src.split == split)
         if split == "train" and task in self.excluded:
             mask &= ~self.excluded[task]
+        if split == "val" and task in self.excluded_val:
+            mask &= ~self.excluded_val[task]
         return np.flatnonzero(mask)
 
 

@@ -23,6 +23,7 @@ from medmtl.models.heads import HEADS
 from medmtl.models.heads.build import HEAD_POSITIONAL
 from medmtl.models.trunks import TRUNKS, check_trunk_name
 from medmtl.mtl.weightings import WEIGHTINGS, check_weighting_kwargs
+from medmtl.protocols.comparison import compared_pairs
 from medmtl.protocols.strategies import STRATEGIES
 
 KEYWORDS = ("imagenet", "inherit")
@@ -148,6 +149,17 @@ def _errors(cfg) -> list[str]:
                 errors.append(f"{where}.source_arm: {arm.source_arm!r} must name an arm listed before it; earlier "
                               f"arms: {earlier}{did_you_mean(arm.source_arm, earlier)}")
             earlier.append(arm.name)
+        if exp.cv is not None and exp.cv.criterion == "reference":
+            names = [a.name for a in exp.arms]
+            compared = {n for pair in compared_pairs([(a.name, a.strategy) for a in exp.arms], exp.comparisons)
+                        for n in pair}
+            if exp.cv.reference_arm not in names:
+                errors.append(f"experiment.cv.reference_arm: {exp.cv.reference_arm!r} is not an arm; arms are "
+                              f"{names}{did_you_mean(exp.cv.reference_arm, names)}")
+            elif exp.cv.reference_arm in compared:
+                errors.append(f"experiment.cv.reference_arm: {exp.cv.reference_arm!r} is compared "
+                              f"({sorted(compared)} are); choosing the split by a compared arm's validation AUC "
+                              "favours it: use an arm no comparison uses, or criterion: balance")
         for key, app in exp.applications.items():
             task(app.main_task, f"experiment.applications.{key}.main_task")
             for t in app.tasks or []:

@@ -28,6 +28,20 @@ from medmtl.protocols.strategies import ArmContext, create_strategy
 log = logging.getLogger("medmtl.protocols")
 
 
+MULTI_TASK_STRATEGIES = ("mtl", "joint")
+SINGLE_TASK_STRATEGIES = ("stl", "sequential", "finetune", "scratch")
+
+
+def compared_pairs(arms: list[tuple[str, str]], comparisons=()) -> list[tuple[str, str]]:
+    """The pairs of arms a study compares: ``experiment.comparisons``, or by default every
+    multi-task arm against every single-task arm (``arms`` as (name, strategy), in arm order)."""
+    if comparisons:
+        return [tuple(p) for p in comparisons]
+    multi = [n for n, s in arms if s in MULTI_TASK_STRATEGIES]
+    single = [n for n, s in arms if s in SINGLE_TASK_STRATEGIES]
+    return [(m, s) for m in multi for s in single]
+
+
 def arm_dir(run_dir: Path, arm: str, seed: int) -> Path:
     return Path(run_dir) / "arms" / arm / f"seed{seed}"
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from medmtl.evaluation import stats
 from medmtl.evaluation.stats import holm, significant_by_2std, wilcoxon_holm
+from medmtl.protocols.comparison import compared_pairs
 from medmtl.reports._layout import CLASSIFICATION
 from medmtl.reports._sections import REPORT_SECTIONS, Section
 from medmtl.reports._tables import _seed_metrics
@@ -25,9 +26,7 @@ MIN_SEEDS = 3        # fewer seeds compare two trained models, not two methods
 def default_pairs(config: dict) -> list[tuple[str, str]]:
     """Every multi-task arm against every single-task arm of the config (in arm order)."""
     arms = ((config or {}).get("experiment") or {}).get("arms") or []
-    multi = [a["name"] for a in arms if a.get("strategy") in ("mtl", "joint")]
-    single = [a["name"] for a in arms if a.get("strategy") in ("stl", "sequential", "finetune", "scratch")]
-    return [(m, s) for m in multi for s in single]
+    return compared_pairs([(a["name"], a.get("strategy")) for a in arms])
 
 
 def _seed_aucs(inputs, arm, task) -> dict[int, float]:
@@ -37,7 +36,8 @@ def _seed_aucs(inputs, arm, task) -> dict[int, float]:
 
 
 def _verdict(a: str, b: str, diff: float, p: float, broken: str | None = None, level: str = "model",
-             detectable: float = math.nan, seeds: int = 1, ref=None) -> str:
+             detectable: float = math.nan, seeds: int = 1, ref=None, seed_rule: str | None = None,
+             seed_mean: float = math.nan) -> str:
     """The outcome in words, with what it is about: two trained models (fewer than ``MIN_SEEDS``
     seeds) or two methods, and the smallest difference the comparison could have found."""
     if broken:
@@ -53,6 +53,9 @@ def _verdict(a: str, b: str, diff: float, p: float, broken: str | None = None, l
     if level == "model":
         out += (f"; this compares the two models trained with seed {ref}, not the two methods "
                 f"({seeds} seed{'s' if seeds != 1 else ''}; a verdict on the methods needs {MIN_SEEDS})")
+    elif seed_rule is not None:
+        out += (f" (seed {ref}); over the {seeds} seeds the mean difference is {seed_mean:+.3f}, "
+                f"{seed_rule} by the 2-std rule")
     return out
 
 
@@ -104,7 +107,8 @@ def comparisons_section(inputs) -> Section | None:
         row["p (Holm)"] = adj
         a, b = row["comparison"].split(" vs ")
         row["verdict"] = _verdict(a, b, row["difference"], adj, row.pop("_degenerate"), row["level"],
-                                  row["detectable difference"], row["seeds"], ref)
+                                  row["detectable difference"], row["seeds"], ref, row.get("2-std rule"),
+                                  row.get("mean a", math.nan) - row.get("mean b", math.nan))
     seeded = {f"{r['comparison']} / {r['task']}": r.pop("_diffs") for r in rows if "_diffs" in r}
     wilcoxon = {}
     if seeded:

@@ -22,12 +22,17 @@ def data_section(inputs) -> Section | None:
         excluded = t.get("excluded_from_training") or {}
         removed_any |= bool(t.get("removed_from_training"))
         removed = int(t.get("removed_from_training") or 0)
+        held = int(t.get("removed_from_validation") or 0)
+        removed_any |= bool(held)
         rows.append({"task": name, "kind": t.get("kind"), "train": counts.get("train", 0) - removed,
-                     "val": counts.get("val", 0),
+                     "val": counts.get("val", 0) - held,
                      "test": counts.get("test", 0), "groups": t.get("groups"),
                      "copies in other tasks": ", ".join(f"{o}: {n}" for o, n in copies.items()) or "none",
                      "removed from training (copies of evaluation images)":
                          ", ".join(f"{o}: {n}" for o, n in excluded.items()) or "none",
+                     "removed from validation (copies of test images)":
+                         ", ".join(f"{o}: {n}" for o, n in (t.get("excluded_from_validation") or {}).items())
+                         or "none",
                      "skipped files": t.get("skipped", 0)})
     guard = any("cross_duplicates" in t for t in tasks.values())
     text = ["Images per split (labelled for the task) after de-duplication; 'train' counts what training "
@@ -48,7 +53,9 @@ def data_section(inputs) -> Section | None:
         text.append("The cross-dataset leakage guard did not run (one dataset, or leakage: off).")
     elif removed_any:
         text.append("Leakage guard: images that are copies of another task's validation or test images were "
-                    "removed from training; the counts are per task pair.")
+                    "removed from training, and validation images that are copies of another task's test images "
+                    "from validation (they would select the model tested on their original); the counts are per "
+                    "task pair.")
     else:
         text.append("Leakage guard: no training image of one task is a copy of another task's validation or "
                     "test image (copies that exist sit in the same split as their original).")
