@@ -387,10 +387,15 @@ def paired_bootstrap_test(y, scores_a, scores_b, metric_fn: Callable | None = No
     models; the p-value is the share of replicate differences, re-centred on zero, at least as
     extreme as the observed one (with the +1 correction, so it is never 0).
     """
+    return _paired_bootstrap(y, scores_a, scores_b, metric_fn, groups, n_boot, random_state)[0]
+
+
+def _paired_bootstrap(y, scores_a, scores_b, metric_fn, groups, n_boot: int, random_state) -> tuple[float, np.ndarray]:
+    """(p-value, finite replicate differences) of :func:`paired_bootstrap_test`."""
     metric_fn = metric_fn or auc_fast
     y = np.asarray(y)
     if len(np.unique(y)) < 2:
-        return math.nan
+        return math.nan, np.zeros(0)
     a, b = np.asarray(scores_a), np.asarray(scores_b)
     d_obs = metric_fn(y, a) - metric_fn(y, b)
     rng = check_random_state(random_state)
@@ -399,9 +404,12 @@ def paired_bootstrap_test(y, scores_a, scores_b, metric_fn: Callable | None = No
     for _ in range(n_boot):
         i = draw(rng)
         diffs.append(metric_fn(y[i], a[i]) - metric_fn(y[i], b[i]))
-    diffs = np.asarray(diffs)
+    diffs = np.asarray(diffs, float)
+    diffs = diffs[np.isfinite(diffs)]
+    if not len(diffs):
+        return math.nan, diffs
     extreme = np.sum(np.abs(diffs - d_obs) >= abs(d_obs) - 1e-12)
-    return float((1 + extreme) / (1 + n_boot))
+    return float((1 + extreme) / (1 + len(diffs))), diffs
 
 
 def auc_fast(y, scores) -> float:
@@ -469,16 +477,8 @@ def auc_difference_test(y, scores_a, scores_b, groups=None, n_boot: int = 1000,
         theta, cov = _delong_cov(y, np.stack([a[:, 1].astype(float), b[:, 1].astype(float)]))
         sd = math.sqrt(max(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1], 0.0))
         return float(delong_test(y, a[:, 1].astype(float), b[:, 1].astype(float))[1]), sd, "DeLong paired"
-    rng = check_random_state(random_state)
-    draw = _resampler(y, groups if repeated_groups(groups) else None, stratified=True)
-    diffs = []
-    for _ in range(n_boot):
-        i = draw(rng)
-        diffs.append(auc_fast(y[i], a[i]) - auc_fast(y[i], b[i]))
-    diffs = np.asarray(diffs, float)
-    diffs = diffs[np.isfinite(diffs)]
-    d_obs = auc_fast(y, a) - auc_fast(y, b)
-    p = float((1 + np.sum(np.abs(diffs - d_obs) >= abs(d_obs) - 1e-12)) / (1 + len(diffs))) if len(diffs) else math.nan
+    p, diffs = _paired_bootstrap(y, a, b, auc_fast, groups if repeated_groups(groups) else None, n_boot,
+                                 random_state)
     sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan
     unit = f"{len(np.unique(groups))} groups" if repeated_groups(groups) else "cases"
     return p, sd, f"paired bootstrap ({n_boot}, over {unit})"
