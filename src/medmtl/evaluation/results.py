@@ -40,7 +40,7 @@ def write_results(run_dir: Path, pred: pd.DataFrame, dense: pd.DataFrame | None,
     pred.to_csv(results / "predictions.csv", index=False)
     if dense is not None and len(dense):
         dense.to_csv(results / "predictions_dense.csv", index=False)
-    (results / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    write_json(results / "metrics.json", metrics)
     (results / "data.json").write_text(json.dumps(data_summary, indent=2, default=int))
     return results
 

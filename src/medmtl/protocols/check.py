@@ -5,8 +5,9 @@ whose registries give the names, so the names are checked here, at the top of th
 layers, by :func:`check_config`. ``medmtl.api`` runs it on every config it loads and
 ``run_experiment`` on every config it runs, so a misspelled strategy of the third arm, a weighting
 ``uncertanty`` or a head option ``hiden: 3`` is refused with its key path before any training.
-Each arm's, application's and quick-mode's overrides, and each LOTO grid point, are applied and the
-resulting config checked too, since a name can hide in an override.
+Each arm's and application's overrides, and each LOTO grid point, are applied and the resulting
+config checked too, since a name can hide in an override (quick mode is checked by
+``run_experiment`` on the config it makes from it).
 """
 from __future__ import annotations
 
@@ -19,8 +20,7 @@ from medmtl.data.splits import SPLITTERS
 from medmtl.data.transforms import PRESETS
 from medmtl.engine.optim import OPTIMIZERS, SCHEDULERS
 from medmtl.errors import ConfigError
-from medmtl.models.heads import HEADS
-from medmtl.models.heads.build import HEAD_POSITIONAL
+from medmtl.models.heads.build import check_head
 from medmtl.models.trunks import TRUNKS, check_trunk_name
 from medmtl.mtl.weightings import WEIGHTINGS, check_weighting_kwargs
 from medmtl.protocols.comparison import compared_pairs
@@ -93,8 +93,10 @@ def _errors(cfg) -> list[str]:
             errors.append(str(exc))
 
     def head(h, where):
-        if name(HEADS, h.name, f"{where}.name"):
-            kwargs(HEADS.get(h.name), h.kwargs, f"{where}.kwargs", HEAD_POSITIONAL)
+        try:
+            check_head(h.name, h.kwargs, where)
+        except ConfigError as exc:   # an unknown name (UnknownNameError) or an unknown option
+            errors.append(str(exc))
 
     def weights(value, where):
         if value is not None and value not in KEYWORDS and not Path(value).is_file():

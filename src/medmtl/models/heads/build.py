@@ -75,9 +75,15 @@ def create_head(name: str, tasks: list, in_features: int, feature_info: list[dic
                 **kwargs) -> Head:
     """The registered head ``name`` for ``tasks`` (the one door to a head); its options are checked
     against the head's ``__init__`` so a misspelled one names ``where`` and the accepted options."""
+    return check_head(name, kwargs, where)(tasks, in_features, feature_info, **kwargs)
+
+
+def check_head(name: str, kwargs, where: str = "heads"):
+    """The registered head class ``name`` after checking ``kwargs`` are its options (what both
+    :func:`create_head` and the config check use)."""
     cls = HEADS.get(name, f"{where}.name")
     check_kwargs(cls, kwargs, f"{where}.kwargs", skip=HEAD_POSITIONAL)
-    return cls(tasks, in_features, feature_info, **kwargs)
+    return cls
 
 
 def _read_head_cfg(key: str, cfg) -> tuple[str | None, list[str] | None, dict]:
