@@ -13,7 +13,7 @@ import medmtl.protocols.strategies as strategies
 from medmtl.engine.loop import FitResult
 from medmtl.evaluation import audit
 from medmtl.evaluation.audit import AuditError, write_audit
-from medmtl.protocols.loto import choose, forbidden_for, ranked_on
+from medmtl.protocols.loto import choose, forbidden_for, ranked_on, upstream_decisions
 
 
 def _val(task):
@@ -110,3 +110,17 @@ def test_test_metrics_at_the_validation_youden_threshold():
     metrics = {"stl": {"0": {"a": {"test": {"auc": 0.9, **out}, "val": {"auc": 0.9}}}}}
     (d,) = threshold_decisions(metrics)
     assert d["what"] == "threshold" and d["reads"] == _val("a") and d["chose"] == out["threshold_youden"]
+
+
+def test_a_transferred_model_inherits_its_trunks_decisions_and_their_checks(tmp_path):
+    """The trunk a LOTO target is transferred from chose its best epoch on the trial's tasks; that
+    choice is re-checked for the target, so a trunk chosen on a copy-holding task fails the run."""
+    trial = [audit.decision("best_epoch", arm="loto", seed=0, task="retina+pcam",
+                            reads=_val("retina") + _val("pcam"), chose=4, grid=[1, 2, 3, 4, 5])]
+    clean = upstream_decisions(trial, "busi", 0, {"breastmnist"}, "trials/busi/c0/seed0/model")
+    assert clean[0]["for"] == {"arm": "loto (upstream trunk)", "seed": 0, "task": "busi"}
+    assert clean[0]["via"] == "trials/busi/c0/seed0/model" and clean[0]["upstream_for"]["task"] == "retina+pcam"
+    write_audit(tmp_path, {"decisions": clean})
+    leaky = upstream_decisions(trial, "busi", 0, {"pcam"}, "trials/busi/c0/seed0/model")
+    with pytest.raises(AuditError, match=r"best_epoch for .*'busi'.* read 'pcam' \(val\)"):
+        write_audit(tmp_path, {"decisions": leaky})

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from medmtl.config import parse_config
+from medmtl.config import parse_config, save_config
 from medmtl.engine import checkpoint as ckpt
 from medmtl.engine.loop import Trainer, TrainingError, fit
 from tests.conftest import REPO, need_data
@@ -324,3 +324,40 @@ def test_determinism_switch_sets_torch_and_cudnn_state(monkeypatch):
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     finally:
         set_determinism(True)
+
+
+def test_a_trained_model_beats_chance_and_one_trained_on_shuffled_labels_does_not(tmp_path, shared_cache):
+    """The chance check of the study tests (tests.conftest.assert_beats_chance) on two models of one
+    recipe: BreastMNIST's real training labels, and the same labels shuffled once. The first must
+    pass it, the second must not: the check tells learning from memorising noise."""
+    import dataclasses
+
+    import numpy as np
+    import pandas as pd
+
+    from medmtl.data.pipeline import prepare
+    from medmtl.evaluation.scoring import score_run
+    from tests.conftest import assert_beats_chance, chance_level
+
+    cfg, raw = _cfg(tmp_path, shared_cache, epochs=4)
+    raw["tasks"] = raw["tasks"][:1]
+    raw["data"].update({"limit_train": None, "limit_eval": None})
+    cfg = parse_config(raw)
+    data = prepare(cfg, progress=False)
+    train = data.rows("breastmnist", "train")
+    shuffled = data.labels["breastmnist"].copy()
+    shuffled[train] = np.random.default_rng(0).permutation(shuffled[train])
+    noise = dataclasses.replace(data, labels={**data.labels, "breastmnist": shuffled})
+    frames = []
+    for name, d in (("real", data), ("shuffled", noise)):
+        run = tmp_path / name
+        save_config(cfg, run)
+        fit(cfg, d, run, progress=False)
+        frames.append(score_run(run, data, ["breastmnist"], "test", False, name, 0))
+    pred = pd.concat(frames, ignore_index=True)
+    assert_beats_chance(pred, "real", "breastmnist", "benign_or_normal")
+    rows = pred[pred.arm == "shuffled"]
+    y, s = (rows["y_true"] == 1).astype(int).to_numpy(), rows["score_benign_or_normal"].to_numpy()
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y, s) <= chance_level(y, s)

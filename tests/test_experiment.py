@@ -41,7 +41,13 @@ def test_every_strategy_writes_the_results_layout(tmp_path, shared_cache, monkey
     pred = pd.read_csv(out / "results/predictions.csv")
     arms = set(pred["arm"])
     assert arms == {"stl", "mtl", "tl", "fe", "ft", "fs/freeze=0", "fs/freeze=1"}
-    assert set(pred["split"]) == {"val", "test"} and set(pred["task"]) == {"breastmnist"}
+    # with TTA, validation is scored as test is, and once more without TTA (val_no_tta)
+    assert set(pred["split"]) == {"val", "test", "val_no_tta"} and set(pred["task"]) == {"breastmnist"}
+    for arm in arms:
+        val, plain = (pred[(pred.arm == arm) & (pred.split == s)].set_index("id") for s in ("val", "val_no_tta"))
+        assert sorted(val.index) == sorted(plain.index)
+        # the 8 views change every arm's scores (a network is not invariant to flips and rotations)
+        assert (val["score_malignant"] - plain.loc[val.index, "score_malignant"]).abs().max() > 1e-4, arm
     n_test = len(pred[(pred.arm == "stl") & (pred.split == "test")])
     assert all(len(pred[(pred.arm == a) & (pred.split == "test")]) == n_test for a in arms)
     assert list(pred.columns) == ["arm", "seed", "task", "split", "id", "group", "y_true",
@@ -64,6 +70,24 @@ def test_every_strategy_writes_the_results_layout(tmp_path, shared_cache, monkey
     assert {d["for"]["arm"] for d in doc["decisions"] if d["what"] == "best_epoch"} == {"stl", "mtl", "tl", "ft", "fs"}
     assert {d["reads"][0]["split"] for d in doc["decisions"] if d["what"] == "svm_c"} == {"train"}
     assert sorted(s["model"] for s in doc["test_scores"]) == sorted(arms) and all(s["final"] for s in doc["test_scores"])
+
+    # the report compares each model's validation with and without TTA
+    from medmtl.reports import write_report
+    from medmtl.reports.section_tta import tta_rows
+
+    rows = tta_rows(metrics)
+    assert {r["arm"] for r in rows} == arms
+    for r in rows:
+        on = metrics[r["arm"]]["0"]["breastmnist"]["val"]["auc"]
+        assert r["val auc with TTA"] == on and r["val auc without"] == metrics[r["arm"]]["0"]["breastmnist"]["val_no_tta"]["auc"]
+        assert r["hurts"] == (r["val auc with TTA"] < r["val auc without"] - 0.005)
+    report = json.loads((write_report(out, tsne=False, gradcam=False).parent / "results.json").read_text())
+    tta = report["sections"]["tta"]["data"]
+    assert tta["n_hurt"] == sum(r["hurts"] for r in rows)
+    for r in tta["rows"]:         # the mean positive-class score of predictions.csv
+        plain = pred[(pred.arm == r["arm"]) & (pred.split == "val_no_tta")]["score_benign_or_normal"].mean()
+        assert r["val mean score without"] == pytest.approx(plain)
+        assert r["shifts scores"] == (abs(r["val mean score with TTA"] - plain) > 0.05)
 
     # a rerun trains nothing again
     monkeypatch.setattr(STRATEGIES, "get", lambda name, *a: pytest.fail(f"strategy {name} ran again"))
@@ -187,3 +211,39 @@ def test_cv_split_by_balance_trains_nothing_to_choose(tmp_path, shared_cache):
     raw["experiment"]["cv"] = {"n_splits": 2, "candidates": 2, "criterion": "reference", "reference_arm": "stl"}
     with pytest.raises(ConfigError, match=r"experiment\.cv\.reference_arm: 'stl' is compared"):
         check_config(parse_config(raw))
+
+
+class _OneSource:
+    """What ``_fit_svm`` reads of the data: each training row's patient."""
+
+    def __init__(self, groups):
+        self.groups = groups
+
+    def source_of(self, task):
+        return self
+
+
+class _Items:
+    def __init__(self, n):
+        import numpy as np
+
+        self.items_ = np.stack([np.zeros(n, int), np.zeros(n, int), np.arange(n)], axis=1)
+
+
+def test_svm_c_that_gives_constant_scores_is_not_chosen():
+    """C=1e-10 on standardised features ranks by rounding noise (the issue's 0.5 +- 1e-7 scores): it is
+    no candidate even where its cross-validated AUC ties or beats a real C; a grid of only such Cs is
+    marked degenerate."""
+    import numpy as np
+
+    from medmtl.protocols.strategies import _fit_svm
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 60)
+    x = rng.normal(size=(120, 8)) + y[:, None] * 0.8       # separable enough that every C ranks well
+    data, items = _OneSource(np.arange(120) // 2), _Items(120)
+    clf, c, record = _fit_svm((x[None], y), data, items, "t", [1e-10, 1.0], seed=0)
+    assert c == 1.0 and record["excluded"] == [1e-10] and not record["degenerate"]
+    assert np.std(clf.decision_function(x)) > 0.1
+    clf, c, record = _fit_svm((x[None], y), data, items, "t", [1e-12, 1e-10], seed=0)
+    assert record["degenerate"] and record["excluded"] == [1e-12, 1e-10]

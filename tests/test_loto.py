@@ -24,8 +24,12 @@ def test_choice_ignores_the_target_task():
     ranks = rank_table(scores)
     assert ranks.loc["A", "t1"] == 1 and ranks.loc["B", "t2"] == 1
     assert choose(ranks, "t1") == "B"      # B wins on t2 and t3
-    assert choose(ranks, "t3") == "A" or choose(ranks, "t3") == "B"
+    assert choose(ranks, "t3") == "A"      # A and B tie on t1 and t2 (1 and 2 each): the first in grid order
     assert choose(ranks.drop(columns=["t3"]), "t2") == "A"
+    # the excluded tasks (related to the target, or holding its copies) carry no weight
+    assert choose(ranks, "t1", exclude=["t2"]) == "B" and choose(ranks, "t2", exclude=["t3"]) == "A"
+    with pytest.raises(ConfigError, match="no left-out task is left to rank combinations for 't1'"):
+        choose(ranks, "t1", exclude=["t2", "t3"])
 
 
 def test_loto_run_over_five_shared_tasks(tmp_path, shared_cache, monkeypatch):
@@ -70,6 +74,11 @@ def test_loto_run_over_five_shared_tasks(tmp_path, shared_cache, monkeypatch):
     pred = pd.read_csv(out / "predictions.csv")
     assert set(pred["arm"]) == {"loto_feature_extraction", "loto_finetune"}
     assert set(pred[pred.split == "test"]["task"]) == set(summary["targets"])
+    # each transfer carries its trunk's best-epoch choice, checked against the target's forbidden tasks
+    upstream = [d for d in summary["audit"]["decisions"] if d["for"]["arm"] == "loto (upstream trunk)"]
+    assert {d["for"]["task"] for d in upstream} == set(summary["targets"])
+    busi = next(d for d in upstream if d["for"]["task"] == "busi_cls")
+    assert {r["task"] for r in busi["reads"]} <= {"retinamnist", "pcam", "skin"} and "breastmnist" in busi["forbidden"]
     # rerun: finished trials are not trained again
     import medmtl.protocols.loto as loto
     import medmtl.protocols.strategies as strategies

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
+
 from medmtl.config import load_config, parse_config, set_dotted
-from tests.conftest import REPO, need_data
+from tests.conftest import REPO, assert_beats_chance, need_data
 
 
 def reduced(name: str, **dotted):
@@ -22,7 +24,7 @@ def test_s0_runs_end_to_end_with_its_tables(tmp_path, shared_cache):
 
     need_data("pcam")
     cfg = reduced("s0-mtl-vs-tl", run_dir=str(tmp_path / "s0"), cache_dir=str(shared_cache),
-                  **{"train.epochs": 1, "train.steps_per_epoch": 2, "data.limit_train": 64, "data.limit_eval": 64,
+                  **{"train.epochs": 2, "train.steps_per_epoch": 15, "data.limit_train": 256, "data.limit_eval": 64,
                      "model.trunk.kwargs": {"width": 0.0625}, "train.mlflow": False})
     assert cfg.data.augmentation == "s0" and cfg.data.size == 32 and cfg.train.optimizer.momentum == 0.9
     run = run_experiment(cfg, progress=False)
@@ -39,3 +41,6 @@ def test_s0_runs_end_to_end_with_its_tables(tmp_path, shared_cache):
     assert {("mtl", "model", "skin"), ("mtl", "model", "brain_tumor"), ("tl", "source", "skin"),
             ("tl", "target", "pcam")} <= models
     assert "PCam" in (run / "report" / "results.md").read_text()             # the stand-in is said
+    pred = pd.read_csv(run / "results" / "predictions.csv", dtype={"id": str, "group": str})
+    for arm in ("mtl", "tl", "stl"):
+        assert_beats_chance(pred, arm, "pcam", "1")

@@ -6,10 +6,11 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from medmtl.errors import ConfigError
-from tests.conftest import DATA, REPO, need_data
+from tests.conftest import DATA, REPO, assert_beats_chance, need_data
 
 CONFIG = REPO / "experiments" / "s1-aux-tasks.yaml"
 
@@ -158,7 +159,7 @@ def test_s1_config_end_to_end(tmp_path, shared_cache, monkeypatch):
     need_data("busi"), need_data("mini_mias")
     monkeypatch.setenv("MEDMTL_DATA", os.environ.get("MEDMTL_DATA", str(DATA)))
     tiny = {"experiment.seeds": [0], "data.size": 32, "data.batch_size": 16, "train.epochs": 1,
-            "train.steps_per_epoch": 2, "data.limit_eval": 16}
+            "train.steps_per_epoch": 20, "data.limit_eval": 16}
     cfg = load_config(CONFIG, overrides={"cache_dir": str(shared_cache), "run_dir": str(tmp_path / "s1"),
                                          "quick": tiny})
     out = run_experiment(cfg, quick=True, progress=False)
@@ -171,6 +172,9 @@ def test_s1_config_end_to_end(tmp_path, shared_cache, monkeypatch):
         for task in ("mias_malignant", "busi_malignant"):
             test = metrics[arm]["0"][task]["test"]
             assert {"auc", "accuracy", "sensitivity", "specificity"} <= set(test) and 0 <= test["auc"] <= 1
+    pred = pd.read_csv(out / "results/predictions.csv", dtype={"id": str, "group": str})
+    for arm in ("mtl_tl", "stl_tl"):
+        assert_beats_chance(pred, arm, "busi_malignant", "malignant")
     # the MTL arms used the spearman weighting over the application's tasks; STL arms did not
     w = json.loads((out / "applications/busi/arms/mtl_tl/seed0/weighting.json").read_text())
     assert w["main"] == "busi_malignant" and w["kwargs"]["m"] == 0.7

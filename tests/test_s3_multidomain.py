@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import DATA, REPO, need_data
+from tests.conftest import DATA, REPO, assert_beats_chance, need_data
 
 MIAS = DATA / "mini_mias"
 
@@ -107,8 +107,8 @@ def _tiny_s3(tmp_path, cache):
     raw.update(cache_dir=str(cache), run_dir=str(tmp_path / "s3"), quick={})
     for t in raw["tasks"]:
         t["image"]["size"] = min(t["image"]["size"], 32)
-    raw["data"].update(size=32, batch_size=16, limit_train=48, limit_eval=48)
-    raw["train"].update(epochs=1, steps_per_epoch=2)
+    raw["data"].update(size=32, batch_size=16, limit_train=200, limit_eval=48)
+    raw["train"].update(epochs=2, steps_per_epoch=15)
     exp = raw["experiment"]
     exp["cv"].update(n_splits=2, candidates=1)
     exp["tta"] = False        # 8x the test forward passes; TTA itself is tested by tests/test_experiment.py
@@ -135,6 +135,8 @@ def test_s3_end_to_end_small(tmp_path, shared_cache, monkeypatch):
     assert set(pred.task) == {"busi"} and set(test.fold) == {0, 1}
     assert test.id.is_unique and len(test) == 647 and not test.id.str.startswith("normal/").any()
     assert set(pred.arm) == {"mtl", "stl", "freeze/freeze=3"}
+    for arm in ("mtl", "stl"):
+        assert_beats_chance(pred, arm, "busi", "malignant")        # per lesion: its images share a group
 
     metrics = json.loads((out / "results/metrics.json").read_text())
     busi = metrics["mtl"]["0"]["busi"]["test"]

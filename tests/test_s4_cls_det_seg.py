@@ -15,7 +15,7 @@ from medmtl.data.pipeline import TaskSpec
 from medmtl.evaluation.predictions import dense_metrics_of, per_image_metrics
 from medmtl.metrics import METRICS
 from medmtl.models.heads import HEADS, Features
-from tests.conftest import REPO, need_data
+from tests.conftest import REPO, assert_beats_chance, need_data
 
 
 def spec(name: str, kind: str, classes=()) -> TaskSpec:
@@ -192,8 +192,8 @@ def test_s4_reduced_end_to_end(tmp_path, shared_cache, monkeypatch):
     assert [a.name for a in cfg.experiment.arms] == ["parallel", "feature_transfer", "stl_cls", "stl_seg", "stl_det"]
     raw = cfg.model_dump(mode="json")
     tiny = {**cfg.quick, "cache_dir": str(shared_cache), "run_dir": str(tmp_path / "s4"), "quick": {},
-            "model.trunk.pretrained": None, "data.size": 16, "data.batch_size": 8, "data.limit_train": 32,
-            "data.limit_eval": 16, "train.epochs": 1, "train.steps_per_epoch": 2, "train.mlflow": False}
+            "data.size": 32, "data.batch_size": 16, "data.limit_train": 160,
+            "data.limit_eval": 16, "train.epochs": 2, "train.steps_per_epoch": 16, "train.mlflow": False}
     for key, value in tiny.items():
         set_dotted(raw, key, value)
     run = run_experiment(parse_config(raw, "reduced s4"), progress=False)
@@ -210,6 +210,9 @@ def test_s4_reduced_end_to_end(tmp_path, shared_cache, monkeypatch):
                 assert 0 <= test[m] <= 1, (arm, task, m)
                 if task != "busi_cls":
                     assert test[f"{m}_ci_low"] <= test[m] <= test[f"{m}_ci_high"], (arm, task, m)
+    pred = pd.read_csv(run / "results" / "predictions.csv", dtype={"id": str, "group": str})
+    for arm in ("parallel", "feature_transfer", "stl_cls"):
+        assert_beats_chance(pred, arm, "busi_cls", "malignant")
     dense = pd.read_csv(run / "results" / "predictions_dense.csv")
     assert set(dense.groupby("task")["arm"].unique().map(frozenset)) == \
         {frozenset({"parallel", "feature_transfer", "stl_seg"}), frozenset({"parallel", "feature_transfer", "stl_det"})}

@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 PREDICTION_COLUMNS = ["arm", "seed", "task", "split", "id", "group", "y_true"]
+# with ``experiment.tta``: the validation rows of the same models scored without TTA
+NO_TTA_SPLIT = "val_no_tta"
 ROW_DTYPES = {"id": str, "group": str}
 
 

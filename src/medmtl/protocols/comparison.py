@@ -19,7 +19,7 @@ from medmtl.data.pipeline import prepare
 from medmtl.errors import ConfigError
 from medmtl.evaluation import audit
 from medmtl.evaluation.predictions import prediction_rows
-from medmtl.evaluation.results import PREDICTION_COLUMNS, read_rows
+from medmtl.evaluation.results import NO_TTA_SPLIT, PREDICTION_COLUMNS, read_rows
 from medmtl.evaluation.scoring import score_run
 from medmtl.execution import SEQUENTIAL, Executor, Trial, prepared
 from medmtl.protocols._base import PROTOCOLS, ProtocolRun
@@ -106,10 +106,15 @@ def _score_outcome(outcome, arm, seed, data, cfg, directory: Path, ctx) -> dict:
     for sub, run in outcome.runs.items():
         name = arm.name if not sub else f"{arm.name}/{sub}"
         for split in ctx.splits:
-            frames.append(score_run(run, data, evaluate, split, exp.tta and split == "test", name, seed, dense))
+            # validation is scored as test is (with TTA when on): its threshold and its numbers are
+            # then those of the predictions the test split gets
+            frames.append(score_run(run, data, evaluate, split, exp.tta, name, seed, dense))
             if split == "test":
                 tested += [audit.test_score(name, seed, t, final=True, why="the arm's selected model")
                            for t in evaluate]
+        if exp.tta and "val" in ctx.splits:
+            # the same model without TTA on validation: what the report compares to show when TTA hurts
+            frames.append(score_run(run, data, evaluate, "val", False, name, seed).assign(split=NO_TTA_SPLIT))
     directory.mkdir(parents=True, exist_ok=True)
     pred = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     # an arm without a classification task (stl on segmentation) still writes the header run_arms reads

@@ -187,13 +187,14 @@ def run_loto(cfg, data, run_dir: Path, executor: Executor | None = None) -> dict
     combos = {combo_id(c): c for c in combinations(lc.grid)}
     arm = ArmConfig(name="loto", strategy="joint", svm_c=lc.svm_c, lrs=lc.lrs)
     _run_trials_on_grid(cfg, out, groups, combos, executor)
-    rows, models, audits = [], {}, []
+    rows, models, upstream, audits = [], {}, {}, []
     for group in groups:
         for cid, combo in combos.items():
             for seed in lc.seeds:
                 trial = out / "trials" / "+".join(group) / cid / f"seed{seed}"
                 result = loto_trial(cfg, data, group, combo, seed, trial)
                 models[("+".join(group), cid, seed)] = result["model"]
+                upstream[("+".join(group), cid, seed)] = result.get("decisions", [])
                 audits.append({"decisions": result.get("decisions", [])})
                 rows += [{"task": t, "combo": cid, "seed": seed, "auc": a} for t, a in result["auc"].items()]
     scores = pd.DataFrame(rows)
@@ -211,6 +212,10 @@ def run_loto(cfg, data, run_dir: Path, executor: Executor | None = None) -> dict
                 reads=audit.reads(ranked_on(ranks, target, forbidden), "val"), chose=chosen, grid=list(combos),
                 forbidden=forbidden)]})
             for seed in lc.seeds:
+                # the transferred models inherit the trial model's decisions: checked against this target
+                audits.append({"decisions": upstream_decisions(upstream[("+".join(group), chosen, seed)], target,
+                                                               seed, forbidden - {target},
+                                                               models[("+".join(group), chosen, seed)])})
                 tdir = out / "transfer" / target / f"seed{seed}"
                 done, kept = tdir / "predictions.csv", tdir / "audit.json"
                 if done.is_file():       # a finished transfer is not run again
@@ -272,6 +277,19 @@ def run_loto(cfg, data, run_dir: Path, executor: Executor | None = None) -> dict
 
 
 POOL = "_pool"   # trials on the whole pool: the joint arm and the pool trunk
+
+
+def upstream_decisions(decisions: list[dict], target: str, seed, forbidden: set[str], model: str) -> list[dict]:
+    """The decisions that made the trunk a target's transferred models start from (its best epoch,
+    read on the trial's training tasks), recorded for that target with what it must not read: a
+    trunk chosen on a related or copy-holding task's labels would carry them into the target."""
+    return [audit.decision(d["what"], arm="loto (upstream trunk)", seed=seed, task=target, reads=d["reads"],
+                           chose=d["chose"], forbidden=forbidden, via=model, upstream_for=d["for"])
+            for d in decisions if d["what"] not in SCORING_DECISIONS]
+
+
+# a trial's decisions that score it (the SVM of each left-out task) and do not shape its trunk
+SCORING_DECISIONS = ("svm_c",)
 
 
 def _best_overall(ranks: pd.DataFrame) -> str:

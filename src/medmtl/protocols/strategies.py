@@ -27,6 +27,8 @@ from medmtl.engine.loop import fit
 from medmtl.engine.predict import default_device
 from medmtl.errors import ConfigError
 from medmtl.evaluation import audit
+from medmtl.evaluation.predictions import dihedral
+from medmtl.evaluation.results import NO_TTA_SPLIT
 
 
 @dataclass(frozen=True)
@@ -203,9 +205,15 @@ def feature_extraction(ctx: ArmContext) -> ArmOutcome:
 
 
 def svm_transfer(ctx: ArmContext, task: str, pretrained, splits=("val", "test")):
-    """Scores of a linear SVM on a frozen trunk's features for ``task``: ({split: {task: ...}}, datasets, C)."""
+    """Scores of a linear SVM on a frozen trunk's features for ``task``: ({split: {task: ...}}, datasets, C).
+
+    With ``experiment.tta`` the validation and test scores are the mean of the SVM's scores over the
+    8 flips/rotations of each image, as for every other arm, and validation is also scored without
+    (split ``val_no_tta``).
+    """
     cfg = arm_config(ctx, [task], ctx.run_dir, pretrained=pretrained)
     spec = ctx.data.tasks[task]
+    tta = ctx.cfg.experiment is not None and ctx.cfg.experiment.tta
     torch.manual_seed(ctx.seed)
     trunk = build_model(cfg, [spec]).trunk.eval().to(default_device())
     feats, sets = {}, {}
@@ -219,42 +227,69 @@ def svm_transfer(ctx: ArmContext, task: str, pretrained, splits=("val", "test"))
         else:
             ds = scoring_subset(ds, cfg, split)
         sets[split] = ds
-        feats[split] = _features(trunk, ds)
-    clf, c = _fit_svm(feats["train"], ctx.data, sets["train"], task, ctx.arm.svm_c, ctx.seed)
-    ctx.decide("svm_c", reads=audit.reads([task], "train"), chose=c, grid=list(ctx.arm.svm_c), model=task)
+        feats[split] = _features(trunk, ds, views=8 if tta and split != "train" else 1)
+    clf, c, fit = _fit_svm(feats["train"], ctx.data, sets["train"], task, ctx.arm.svm_c, ctx.seed)
+    ctx.decide("svm_c", reads=audit.reads([task], "train"), chose=c, grid=list(ctx.arm.svm_c), model=task, **fit)
+    if fit["degenerate"]:
+        log.warning("arm %s seed %d: every C of %s gives (near) constant SVM scores on %s: the scores are "
+                    "degenerate and get no AUC verdict", ctx.arm.name, ctx.seed, list(ctx.arm.svm_c), task)
     scores = {split: {task: {"y": feats[split][1], "p": _svm_scores(clf, feats[split][0]),
                              "item": np.arange(len(sets[split]))}} for split in splits}
-    return scores, {s: sets[s] for s in splits}, c
+    if tta and "val" in splits:
+        scores[NO_TTA_SPLIT] = {task: {**scores["val"][task], "p": _svm_scores(clf, feats["val"][0][:1])}}
+        sets[NO_TTA_SPLIT] = sets["val"]
+    return scores, {s: sets[s] for s in scores}, c
 
 
-def _features(trunk, dataset):
+def _features(trunk, dataset, views: int = 1):
+    """(features (views, N, D), labels (N,)): ``views`` 8 is the dihedral group of each image."""
     xs, ys = [], []
     task = dataset.tasks[0]
     device = next(trunk.parameters()).device
     with torch.no_grad():
         for batch in torch.utils.data.DataLoader(dataset, batch_size=128, collate_fn=collate):
-            xs.append(trunk(batch["image"].to(device)).cpu().numpy())
+            x = batch["image"].to(device)
+            xs.append(np.stack([trunk(v).cpu().numpy() for v in (dihedral(x) if views > 1 else [x])]))
             ys.append(batch["labels"][task].numpy())
-    return np.concatenate(xs), np.concatenate(ys)
+    return np.concatenate(xs, axis=1), np.concatenate(ys)
+
+
+# decision values whose spread over held-out images is below this are float noise, not a ranking
+DEGENERATE_SPREAD = 1e-4
 
 
 def _fit_svm(train, data, dataset, task, grid, seed):
+    """(SVM refit on all of ``train`` at the chosen C, C, record): C by stratified group folds (AUC).
+
+    A C whose held-out decision values barely vary (std < DEGENERATE_SPREAD, as a tiny C gives on
+    standardised features) is not a candidate: its AUC ranks rounding noise. When every C is so,
+    the best of them is kept and the record says ``degenerate``.
+    """
     x, y = train
+    x = x[0]
     src = data.source_of(task)
     groups = np.array([str(src.groups[int(r)]) for r in dataset.items_[:, 2]])
     n_splits = max(2, min(5, len(np.unique(groups)), np.bincount(y).min()))
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    best_c, best = grid[0], -np.inf
+    folds = list(cv.split(x, y, groups))
+    results = {}
     for c in grid:
-        aucs = []
-        for tr, te in cv.split(x, y, groups):
+        aucs, spread = [], []
+        for tr, te in folds:
             model = make_pipeline(StandardScaler(), LinearSVC(C=c, max_iter=5000, random_state=seed)).fit(x[tr], y[tr])
             d = model.decision_function(x[te])
+            spread.append(float(np.std(d, axis=0).max()))
+            if len(np.unique(y[te])) < 2:
+                continue       # a fold with one class ranks nothing; the folds are stratified, so rare
             aucs.append(roc_auc_score(y[te], d) if d.ndim == 1 else roc_auc_score(y[te], _softmax(d), multi_class="ovr"))
-        if np.mean(aucs) > best:
-            best, best_c = float(np.mean(aucs)), c
+        results[c] = (float(np.mean(aucs)) if aucs else -np.inf, float(np.median(spread)))
+    healthy = [c for c in grid if results[c][1] >= DEGENERATE_SPREAD]
+    candidates = healthy or list(grid)
+    best_c = max(candidates, key=lambda c: results[c][0])   # first of equals: grid order
     final = make_pipeline(StandardScaler(), LinearSVC(C=best_c, max_iter=5000, random_state=seed)).fit(x, y)
-    return final, best_c
+    record = {"degenerate": not healthy, "excluded": [c for c in grid if c not in healthy],
+              "cv_auc": {str(c): results[c][0] for c in grid}}
+    return final, best_c, record
 
 
 def _softmax(d):
@@ -263,6 +298,11 @@ def _softmax(d):
 
 
 def _svm_scores(clf, x):
+    """Probability-like scores of features ``x`` (views, N, D): the mean over the views."""
+    return np.mean([_svm_view_scores(clf, v) for v in x], axis=0)
+
+
+def _svm_view_scores(clf, x):
     d = clf.decision_function(x)
     if d.ndim == 1:
         p1 = 1 / (1 + np.exp(-d))

@@ -13,6 +13,7 @@ from medmtl.reports import (  # noqa: F401  (registers the study sections)
     section_reference,
     section_spearman,
     section_training,
+    section_tta,
 )
 from medmtl.reports.predictions import write_predictions
 from medmtl.reports.report import write_report

@@ -1,0 +1,211 @@
+"""Run the studies, store their results in the repository, and write the README's tables from them.
+
+    python benchmarks/studies.py run s0-mtl-vs-tl [s1-aux-tasks ...] --profile quick
+    python benchmarks/studies.py store RUN_DIR --config s0-mtl-vs-tl --profile quick --seconds 402
+    python benchmarks/studies.py readme            # rewrite the README's result blocks from the files
+    python benchmarks/studies.py readme --check    # exit 1 where the README and the files disagree
+
+``run`` times ``medmtl run experiments/<config>.yaml`` (``--quick`` for the quick profile) and stores
+``experiments/results/<config>-<profile>.json``: the commit, date, machine, command and wall time,
+the run's ``results/metrics.json`` under ``metrics`` and its report's ``results.json`` under
+``report``. The README holds one block per file between ``<!-- results:<name> -->`` and
+``<!-- /results -->``; every number in it is rendered here from the file, never typed in
+(``tests/test_readme_results.py`` fails when they disagree).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "experiments" / "results"
+README = REPO / "README.md"
+BLOCK = re.compile(r"<!-- (?P<kind>results|tta):(?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /(?P=kind) -->", re.S)
+# the metrics a README row shows per task kind (the report has them all)
+SHOWN = {"binary": ("auc", "balanced_accuracy_youden"), "multiclass": ("auc",), "ordinal": ("auc",),
+         "segmentation": ("dice", "iou"), "detection": ("box_iou", "hit_rate")}
+LABELS = {"auc": "AUC", "balanced_accuracy_youden": "balanced accuracy at the validation Youden threshold",
+          "dice": "Dice", "iou": "IoU", "box_iou": "box IoU", "hit_rate": "hit rate (box IoU >= 0.5)"}
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True, cwd=REPO).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}"
+
+
+def store(run_dir: Path, config: str, profile: str, seconds: float, command: str, commit: str | None = None) -> Path:
+    """``experiments/results/<config>-<profile>.json`` from a finished run dir (its metrics and report)."""
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "results" / "metrics.json").read_text())
+    report = json.loads((run_dir / "report" / "results.json").read_text())
+    report.pop("method", None)                      # the report's module docstring: text, not a result
+    doc = {"config": f"experiments/{config}.yaml", "profile": profile, "command": command,
+           "commit": commit or git_commit(), "date": datetime.date.today().isoformat(), "machine": machine(),
+           "wall_seconds": round(float(seconds), 1), "metrics": metrics, "report": report}
+    path = RESULTS / f"{config}-{profile}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n")
+    return path
+
+
+def run(configs: list[str], profile: str) -> None:
+    for config in configs:
+        cfg_path = REPO / "experiments" / f"{config}.yaml"
+        if not cfg_path.is_file():
+            raise SystemExit(f"{cfg_path}: no such study config")
+        command = f"medmtl run experiments/{config}.yaml" + (" --quick" if profile == "quick" else "")
+        commit = git_commit()
+        start = time.perf_counter()
+        argv = [sys.executable, "-m", "medmtl.cli", "run", str(cfg_path), "--no-progress"]
+        subprocess.run(argv + (["--quick"] if profile == "quick" else []), check=True, cwd=REPO)
+        seconds = time.perf_counter() - start
+        name = _run_name(cfg_path)
+        print(f"stored: {store(REPO / 'runs' / name, config, profile, seconds, command, commit)}")
+
+
+def _run_name(cfg_path: Path) -> str:
+    import yaml
+
+    return yaml.safe_load(cfg_path.read_text())["name"]
+
+
+# ------------------------------------------------------------------------------------------ rendering
+def _num(v, digits: int = 3) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s} s" if m else f"{s} s"
+
+
+def render(doc: dict) -> str:
+    """The README block of one stored results file."""
+    report = doc["report"]
+    seeds = report.get("seeds") or []
+    level = ("every comparison below is model-level (it compares the trained models of one seed, not the "
+             "methods)" if len(seeds) < 3 else f"{len(seeds)} seeds: comparisons are method-level")
+    lines = [f"Stored in `experiments/results/{doc['config'].split('/')[-1][:-5]}-{doc['profile']}.json`: "
+             f"`{doc['command']}` at commit {doc['commit']} on {doc['date']} ({doc['machine']}), "
+             f"{_duration(doc['wall_seconds'])}; seeds {seeds}: {level}.", "",
+             "| arm | task | metric | test value [95% CI] | mean ± std over seeds |", "|---|---|---|---|---|"]
+    for row in report["rows"]:
+        for name in SHOWN.get(row["kind"], ("auc",)):
+            m = row["metrics"].get(name)
+            if m is None:
+                continue
+            ci = f" [{_num(m.get('ci_low'))}, {_num(m.get('ci_high'))}]" if m.get("ci_low") is not None else ""
+            spread = f"{_num(m.get('mean'))} ± {_num(m.get('std'))}" if row["n_seeds"] > 1 else "-"
+            lines.append(f"| {row['arm']} | {row['task']} | {LABELS.get(name, name)} | {_num(m.get('ref'))}{ci} | "
+                         f"{spread} |")
+    sections = report.get("sections", {})
+    comparisons = (sections.get("comparisons") or {}).get("table") or []
+    if comparisons:
+        lines += ["", "Comparisons (test split, Holm-corrected; the report has the CIs and the seeds):", ""]
+        for c in comparisons:
+            lines.append(f"- {c['comparison']} on {c['task']} ({c['cases']}, {c['test']}): AUC {_num(c['AUC a'])} vs "
+                         f"{_num(c['AUC b'])}, p (Holm) {_p(c.get('p (Holm)'))}, detectable difference "
+                         f"{_num(c.get('detectable difference'))}: {c['verdict']}.")
+    reference = (sections.get("reference") or {}).get("table") or []
+    if reference:
+        lines += ["", "Published values beside ours (the report says how the data differ):", ""]
+        lines += [f"- {r['quantity']}: ours {_num(r.get('ours (mean)'), 2)}, published {_num(r.get('published'), 2)}"
+                  for r in reference]
+    tta = (sections.get("tta") or {}).get("data")
+    if tta:
+        lines += ["", f"TTA lowered the validation AUC of {tta['n_hurt']} of {len(tta['rows'])} models by more than "
+                      f"{tta['hurts_threshold']} and moved the mean validation score of {tta.get('n_shifted', 0)} "
+                      f"by more than {tta.get('shift_threshold')}."]
+    audit = sections.get("audit")
+    if audit:
+        lines += ["", f"Selection audit: {audit['text'][0]}" + (f" {audit['text'][1]}" if len(audit["text"]) > 1 else "")]
+    return "\n".join(lines) + "\n"
+
+
+def _p(v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return "< 0.001" if v < 0.001 else f"{v:.3f}"
+
+
+def stored(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def render_tta(doc: dict) -> str:
+    """The README block of a ``benchmarks/tta_threshold.py`` file: each model with and without TTA."""
+    lines = [f"Commit {doc['commit']}, {doc['date']} ({doc['machine']}). Test accuracy at 0.5 and at the "
+             "validation Youden threshold (chosen on the same model's validation scores, with TTA when the row "
+             "has it); 'mean score': the mean positive-class score, against the positive share of the split.", "",
+             "| model | split | TTA | AUC | accuracy at 0.5 (majority) | accuracy at Youden | mean score (positive share) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, model in doc["models"].items():
+        for cell, m in model["cells"].items():
+            split, view = cell.split("/")
+            lines.append(f"| {name} (best epoch {model['best_epoch']}) | {split} | {'yes' if view == 'tta' else 'no'} | "
+                         f"{_num(m['auc'])} | {_num(m['accuracy'])} ({_num(m['majority_accuracy'])}) | "
+                         f"{_num(m.get('accuracy_youden'))} | {_num(m['mean_score'])} ({_num(m['prevalence'])}) |")
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {"results": render, "tta": render_tta}
+
+
+def readme_blocks(text: str) -> dict[str, str]:
+    return {f"{m['kind']}:{m['name']}": m["body"] for m in BLOCK.finditer(text)}
+
+
+def rewrite_readme(text: str) -> str:
+    return BLOCK.sub(lambda m: f"<!-- {m['kind']}:{m['name']} -->\n{RENDERERS[m['kind']](stored(m['name']))}"
+                               f"<!-- /{m['kind']} -->", text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("configs", nargs="+")
+    r.add_argument("--profile", default="quick", choices=["quick", "full"])
+    s = sub.add_parser("store")
+    s.add_argument("run_dir", type=Path)
+    s.add_argument("--config", required=True)
+    s.add_argument("--profile", default="quick")
+    s.add_argument("--seconds", type=float, required=True)
+    s.add_argument("--command", default=None)
+    d = sub.add_parser("readme")
+    d.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    if args.cmd == "run":
+        run(args.configs, args.profile)
+    elif args.cmd == "store":
+        command = args.command or f"medmtl run experiments/{args.config}.yaml --{args.profile}"
+        print(store(args.run_dir, args.config, args.profile, args.seconds, command))
+    else:
+        text = README.read_text()
+        new = rewrite_readme(text)
+        if args.check:
+            if new != text:
+                raise SystemExit("README.md and experiments/results/ disagree: run `python benchmarks/studies.py readme`")
+            print("README.md agrees with experiments/results/")
+        else:
+            README.write_text(new)
+            print(f"README.md: {len(readme_blocks(new))} result blocks written")
+
+
+if __name__ == "__main__":
+    main()
