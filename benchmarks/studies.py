@@ -111,7 +111,9 @@ def render(doc: dict) -> str:
                 continue
             ci = f" [{_num(m.get('ci_low'))}, {_num(m.get('ci_high'))}]" if m.get("ci_low") is not None else ""
             spread = f"{_num(m.get('mean'))} ± {_num(m.get('std'))}" if row["n_seeds"] > 1 else "-"
-            lines.append(f"| {row['arm']} | {row['task']} | {LABELS.get(name, name)} | {_num(m.get('ref'))}{ci} | "
+            # a metric without a CI (the Youden ones need the validation threshold) has no 'ref': its seed value
+            value = m.get("ref") if m.get("ref") is not None else (m.get("values") or {}).get(str(row["reference_seed"]))
+            lines.append(f"| {row['arm']} | {row['task']} | {LABELS.get(name, name)} | {_num(value)}{ci} | "
                          f"{spread} |")
     sections = report.get("sections", {})
     comparisons = (sections.get("comparisons") or {}).get("table") or []
@@ -124,7 +126,7 @@ def render(doc: dict) -> str:
     reference = (sections.get("reference") or {}).get("table") or []
     if reference:
         lines += ["", "Published values beside ours (the report says how the data differ):", ""]
-        lines += [f"- {r['quantity']}: ours {_num(r.get('ours (mean)'), 2)}, published {_num(r.get('published'), 2)}"
+        lines += [f"- {r['quantity']}: ours {_ref(r.get('ours (mean)'))}, published {_ref(r.get('published'))}"
                   for r in reference]
     tta = (sections.get("tta") or {}).get("data")
     if tta:
@@ -135,6 +137,11 @@ def render(doc: dict) -> str:
     if audit:
         lines += ["", f"Selection audit: {audit['text'][0]}" + (f" {audit['text'][1]}" if len(audit["text"]) > 1 else "")]
     return "\n".join(lines) + "\n"
+
+
+def _ref(v) -> str:
+    """A published value's precision: three digits for a fraction, two for a percentage."""
+    return _num(v, 3 if v is not None and abs(v) <= 1.5 else 2)
 
 
 def _p(v) -> str:

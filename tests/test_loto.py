@@ -119,3 +119,37 @@ def test_loto_trials_run_as_parallel_grid_trials(tmp_path, shared_cache):
     assert all(0 <= a <= 1 for r in stored for a in r["auc"].values())
     scores = pd.read_csv(out / "scores.csv")
     assert len(scores) == 4
+
+
+def test_a_loto_pool_with_undeclared_copies_is_refused_by_the_audit(tmp_path, shared_cache):
+    """A purposely leaky config: BreastMNIST (all BUSI copies) in the pool but not declared related to
+    BUSI. BUSI's combination is still ranked without it, but the trunk BUSI is transferred from chose
+    its best epoch on BreastMNIST's validation labels: the run fails, naming that decision."""
+    from medmtl.evaluation.audit import AuditError
+    from medmtl.protocols import run_experiment
+
+    need_data("medmnist"), need_data("busi")
+    cfg = parse_config({
+        "name": "leaky", "seed": 0, "cache_dir": str(shared_cache), "run_dir": str(tmp_path / "leaky"),
+        "tasks": [
+            {"name": "breastmnist", "kind": "binary", "classes": ["malignant", "normal_or_benign"], "target": "label",
+             "reader": {"name": "medmnist", "path": "${MEDMTL_DATA}/medmnist/breastmnist.npz"},
+             "image": {"size": 28, "mode": "L"}, "split": {"method": "official"}},
+            {"name": "busi_cls", "kind": "multiclass", "classes": ["benign", "malignant", "normal"], "target": "class",
+             "reader": {"name": "busi", "root": "${MEDMTL_DATA}/busi"}, "image": {"size": 128, "mode": "L"},
+             "split": {"method": "holdout"}},
+            {"name": "retinamnist", "kind": "ordinal", "classes": ["0", "1", "2", "3", "4"], "target": "label",
+             "reader": {"name": "medmnist", "path": "${MEDMTL_DATA}/medmnist/retinamnist.npz"},
+             "image": {"size": 28, "mode": "RGB"}, "split": {"method": "official"}},
+        ],
+        "data": {"batch_size": 16, "size": 28, "limit_train": 32, "limit_eval": 24},
+        "model": {"trunk": {"name": "test_tiny"}},
+        "train": {"epochs": 1, "steps_per_epoch": 2, "mlflow": False},
+        "loto": {"pool": ["breastmnist", "busi_cls", "retinamnist"], "grid": {"train.optimizer.lr": [0.01]},
+                 "seeds": [0], "lrs": [0.01], "svm_c": [1.0], "transfer": ["feature_extraction"]},
+    })
+    with pytest.raises(AuditError, match=r"best_epoch for \{'arm': 'loto \(upstream trunk\)', 'seed': 0, "
+                                         r"'task': 'busi_cls'\} read 'breastmnist' \(val\)"):
+        run_experiment(cfg, progress=False)
+    doc = json.loads((tmp_path / "leaky" / "results" / "audit.json").read_text())
+    assert any("'busi_cls'" in p and "'breastmnist'" in p for p in doc["problems"])

@@ -47,6 +47,7 @@ def test_grad_rescale_in_a_training_step(tmp_path, shared_cache, medmnist_data):
 
 @pytest.mark.parametrize("name, expected", [
     ({"name": "step", "step_size": 2, "gamma": 0.5}, [0.1, 0.05, 0.05, 0.025]),
+    ({"name": "multistep", "milestones": [1, 3], "gamma": 0.1}, [0.01, 0.01, 0.001, 0.001]),
     ({"name": "cosine", "min_lr": 0.0}, [0.1 * (1 + torch.cos(torch.tensor(torch.pi * k / 4)).item()) / 2 for k in (1, 2, 3, 4)]),
 ])
 def test_epoch_schedules(name, expected):
@@ -87,3 +88,14 @@ def test_every_weighting_trains_on_real_data(name, tmp_path, shared_cache, medmn
     assert all(torch.isfinite(torch.tensor(list(o.values()))).all() for o in losses)
     moved = [not torch.equal(a, b) for a, b in zip(trunk0, trainer.net.trunk.parameters())]
     assert any(moved), f"{name}: the shared trunk received no update"
+
+
+def test_multistep_needs_increasing_milestones():
+    from medmtl.config.schema import SchedulerConfig
+    from medmtl.errors import ConfigError
+
+    with pytest.raises(ValueError, match=r"milestones must be increasing epochs >= 1, got \[75, 50\]"):
+        SchedulerConfig(name="multistep", milestones=[75, 50])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ConfigError, match="'multistep' needs the epochs at which the rate drops"):
+        optim.build_scheduler(opt, SchedulerConfig(name="multistep"), epochs=4)

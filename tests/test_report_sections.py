@@ -199,3 +199,17 @@ def test_three_seeds_make_a_method_level_verdict(run_dir):
     assert good_weak["seeds"] == 3 and good_weak["level"] == "method"
     assert "over the 3 seeds the mean difference is +" in good_weak["verdict"]
     assert "not the two methods" not in good_weak["verdict"]
+
+
+def test_comparisons_may_name_the_loto_arms_when_loto_runs():
+    """s2 compares the multi-task trunk with ImageNet: the LOTO arms exist only with a loto section."""
+    raw = {"name": "x", "tasks": [_task("a"), _task("b")],
+           "experiment": {"main_task": "a", "arms": [{"name": "fe", "strategy": "feature_extraction"}],
+                          "comparisons": [["loto_feature_extraction", "fe"]]}}
+    with pytest.raises(Exception, match=r"comparisons name arms \['loto_feature_extraction'\] that are not"):
+        parse_config(raw, "test")
+    cfg = parse_config({**raw, "loto": {"pool": ["a", "b"], "transfer": ["feature_extraction"]}}, "test")
+    assert cfg.loto.arm_names() == ["loto_feature_extraction"]
+    raw["experiment"]["comparisons"] = [["loto_joint", "fe"]]
+    with pytest.raises(Exception, match=r"\['loto_joint'\] that are not in experiment.arms or the LOTO arms"):
+        parse_config({**raw, "loto": {"pool": ["a", "b"]}}, "test")

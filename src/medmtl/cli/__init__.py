@@ -11,7 +11,9 @@ import typer
 from medmtl import api
 from medmtl.cli.stats import stats_app
 from medmtl.data.inspect import format_text
+from medmtl.engine.loop import EPOCH_LOG
 from medmtl.errors import MedmtlError
+from medmtl.reports.summary import run_summary
 
 app = typer.Typer(help="Multi-task and transfer learning for medical image analysis.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -28,6 +30,9 @@ def _fail(exc: Exception) -> None:
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not sys.stderr.isatty():
+        # no progress bars without a terminal: one line per epoch instead, so a logged run is not silent
+        logging.getLogger(EPOCH_LOG).setLevel(logging.INFO)
 
 
 @data_app.command("inspect")
@@ -81,6 +86,8 @@ def run(
     except (MedmtlError, KeyError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(f"results: {out / 'results'}")
+    if (out / "report" / "results.json").is_file():
+        typer.echo(run_summary(out))
 
 
 @app.command()

@@ -226,14 +226,23 @@ class OptimizerConfig(_Section):
 
 
 class SchedulerConfig(_Section):
-    """``step`` (every ``step_size`` epochs x ``gamma``), ``cosine`` (to ``min_lr``), or ``plateau``
+    """``step`` (every ``step_size`` epochs x ``gamma``), ``multistep`` (x ``gamma`` at each epoch of
+    ``milestones``, as MedMNIST's recipe: 50 and 75 of 100), ``cosine`` (to ``min_lr``), or ``plateau``
     (x ``gamma`` after ``patience`` epochs without improvement of the monitored metric)."""
 
     name: str = "none"   # a registered scheduler (medmtl.engine.optim.SCHEDULERS)
     step_size: int = Field(10, ge=1)
+    milestones: list[int] = []
     gamma: float = Field(0.1, gt=0.0, le=1.0)
     patience: int = Field(3, ge=0)
     min_lr: float = Field(0.0, ge=0.0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, v):
+        if any(b <= a for a, b in zip(v, v[1:])) or any(m < 1 for m in v):
+            raise ValueError(f"milestones must be increasing epochs >= 1, got {v}")
+        return v
 
 
 class WarmupConfig(_Section):
@@ -411,9 +420,6 @@ class ExperimentSection(_Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"arm names must be unique; repeated: {dup}")
-        unknown = sorted({n for pair in self.comparisons for n in pair} - set(names))
-        if unknown:
-            raise ValueError(f"comparisons name arms {unknown} that are not in arms {names}")
         return self
 
 
@@ -445,6 +451,10 @@ class LOTOConfig(_Section):
     lrs: list[float] = [1e-3, 1e-4]
     svm_c: list[float] = [1e-4, 1e-2, 1.0]
 
+    def arm_names(self) -> list[str]:
+        """The arms this protocol adds to the results (``loto_<transfer>``, ``loto_joint``)."""
+        return [f"loto_{t}" for t in self.transfer] + (["loto_joint"] if self.joint else [])
+
 
 class ExperimentConfig(_Section):
     """The whole experiment. Paths accept ``${MEDMTL_DATA}``, other ``$VARS`` and ``~``."""
@@ -472,6 +482,13 @@ class ExperimentConfig(_Section):
             raise ValueError(f"task names must be unique; repeated: {dup}")
         if self.run_dir is None:
             self.run_dir = Path("runs") / self.name
+        if self.experiment is not None:
+            # the LOTO protocol's arms (loto_<transfer>, loto_joint) are compared like the experiment's own
+            names = [a.name for a in self.experiment.arms] + (self.loto.arm_names() if self.loto else [])
+            unknown = sorted({n for pair in self.experiment.comparisons for n in pair} - set(names))
+            if unknown:
+                raise ValueError(f"experiment.comparisons name arms {unknown} that are not in experiment.arms"
+                                 f"{' or the LOTO arms' if self.loto else ''} {names}")
         return self
 
     def task(self, name: str) -> TaskConfig:

@@ -76,6 +76,14 @@ def _step(optimizer, sched_cfg, epochs: int, mode: str):
     return torch.optim.lr_scheduler.StepLR(optimizer, sched_cfg.step_size, sched_cfg.gamma)
 
 
+@SCHEDULERS.register("multistep", monitored=False)
+def _multistep(optimizer, sched_cfg, epochs: int, mode: str):
+    if not sched_cfg.milestones:
+        raise ConfigError("train.scheduler.milestones: 'multistep' needs the epochs at which the rate drops, "
+                          "e.g. [50, 75]")
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, sched_cfg.milestones, sched_cfg.gamma)
+
+
 @SCHEDULERS.register("cosine", monitored=False)
 def _cosine(optimizer, sched_cfg, epochs: int, mode: str):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=sched_cfg.min_lr)
