@@ -14,6 +14,10 @@ number of steps on one torch thread) run sequentially by one worker, over the sa
 with two workers. Both times are whole ``run_grid`` calls, so the Ray side includes starting and
 stopping Ray. Goal >= 1.8.
 
+time_to_quality: wall time of MedMNIST v2's ResNet-18 (28) recipe on BreastMNIST (100 epochs) through
+medmtl over the same recipe as a bare hand-written loop, same seed, with both test AUCs
+(``benchmarks/time_to_quality.py``; about 25 minutes on 2 CPU cores). No goal yet: it is measured.
+
 pipeline_vs_model: images/s of the input pipeline alone (cached decode + s0 augmentation +
 collation, with the loader workers of the default config) over images/s of training steps on
 pre-loaded batches. Goal >= 3.
@@ -189,12 +193,12 @@ def grid_ratio(n_trials: int = 8, steps: int = 48000) -> float:
 
 
 def main() -> None:
-    """All ratios, or only the parts named on the command line (cache, train, grid)."""
+    """All ratios, or only the parts named on the command line (cache, train, grid, ttq)."""
     os.environ.setdefault("MEDMTL_DATA", str(REPO.parent / "shared" / "datasets"))
-    parts = set(sys.argv[1:]) or {"cache", "train", "grid"}
-    unknown = parts - {"cache", "train", "grid"}
+    parts = set(sys.argv[1:]) or {"cache", "train", "grid", "ttq"}
+    unknown = parts - {"cache", "train", "grid", "ttq"}
     if unknown:
-        raise SystemExit(f"unknown benchmark parts {sorted(unknown)}; choose from cache, train, grid")
+        raise SystemExit(f"unknown benchmark parts {sorted(unknown)}; choose from cache, train, grid, ttq")
     if "cache" in parts:
         with tempfile.TemporaryDirectory() as tmp:
             first = pcam_pass(f"{tmp}/cache", f"{tmp}/run")
@@ -206,6 +210,13 @@ def main() -> None:
         print(f"pipeline_vs_model: {pipeline_vs_model:.1f}")
     if "grid" in parts:
         print(f"grid_2_vs_1: {grid_ratio():.2f}")
+    if "ttq" in parts:
+        from time_to_quality import time_to_quality
+
+        r = time_to_quality()
+        print(f"# time_to_quality: medmtl {r['medmtl_seconds']:.1f} s, test AUC {r['medmtl_test_auc']:.3f}; bare loop "
+              f"{r['bare_seconds']:.1f} s, test AUC {r['bare_test_auc']:.3f}", file=sys.stderr)
+        print(f"time_to_quality: {r['ratio']:.2f}")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def store(run_dir: Path, config: str, profile: str, seconds: float, command: str
     doc = {"config": f"experiments/{config}.yaml", "profile": profile, "command": command,
            "commit": commit or git_commit(), "date": datetime.date.today().isoformat(), "machine": machine(),
            "wall_seconds": round(float(seconds), 1), "metrics": metrics, "report": report}
-    path = RESULTS / f"{config}-{profile}.json"
+    path = RESULTS / f"{Path(config).name}-{profile}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1, allow_nan=True) + "\n")
     return path
