@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
 README = REPO / "README.md"
-BLOCK = re.compile(r"<!-- (?P<kind>results|tta):(?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /(?P=kind) -->", re.S)
+BLOCK = re.compile(r"<!-- (?P<kind>results|tta|ttq):(?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /(?P=kind) -->", re.S)
 # the metrics a README row shows per task kind (the report has them all)
 SHOWN = {"binary": ("auc", "balanced_accuracy_youden"), "multiclass": ("auc",), "ordinal": ("auc",),
          "segmentation": ("dice", "iou"), "detection": ("box_iou", "hit_rate")}
@@ -170,7 +170,22 @@ def render_tta(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDERERS = {"results": render, "tta": render_tta}
+def render_ttq(doc: dict) -> str:
+    """The README block of a ``benchmarks/time_to_quality.py --out`` file (the published value from the
+    reproduction config's reference, where it was typed in once)."""
+    import yaml
+
+    ref = yaml.safe_load((REPO / "experiments" / "reproduce" / "medmnist-v2-resnet18.yaml").read_text())
+    published = next(v["published"] for v in ref["experiment"]["reference"]["values"]
+                     if v["task"] == "breastmnist" and v.get("metric", "auc") == "auc")
+    return (f"Commit {doc['commit']}, {doc['date']} ({doc['machine']}), {doc['epochs']} epochs, seed {doc['seed']}: "
+            f"medmtl {_duration(doc['medmtl_seconds'])}, test AUC {_num(doc['medmtl_test_auc'])}; the bare loop "
+            f"{_duration(doc['bare_seconds'])}, test AUC {_num(doc['bare_test_auc'])}; time_to_quality "
+            f"(medmtl / bare) {doc['ratio']:.2f}. Published (MedMNIST v2, ResNet-18 (28), BreastMNIST): test AUC "
+            f"{published:.3f}.\n")
+
+
+RENDERERS = {"results": render, "tta": render_tta, "ttq": render_ttq}
 
 
 def readme_blocks(text: str) -> dict[str, str]:

@@ -247,3 +247,37 @@ def test_svm_c_that_gives_constant_scores_is_not_chosen():
     assert np.std(clf.decision_function(x)) > 0.1
     clf, c, record = _fit_svm((x[None], y), data, items, "t", [1e-12, 1e-10], seed=0)
     assert record["degenerate"] and record["excluded"] == [1e-12, 1e-10]
+
+
+def test_svm_c_folds_that_miss_a_class_are_scored_on_the_classes_they_have():
+    """Three classes, the rarest held by one patient: some fold trains without it (its SVM knows two
+    classes) or tests without it. The CV for C scores what each fold can score instead of failing."""
+    import numpy as np
+
+    from medmtl.protocols.strategies import _fit_svm, _fold_auc
+
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 40 + [1] * 40 + [2] * 3)
+    x = rng.normal(size=(83, 6)) + y[:, None]
+    groups = np.concatenate([np.arange(80) // 2, [99, 99, 99]])
+    clf, c, record = _fit_svm((x[None], y), _OneSource(groups), _Items(83), "t", [0.01, 1.0], seed=0)
+    assert c in (0.01, 1.0) and all(np.isfinite(v) for v in record["cv_auc"].values())
+    assert _fold_auc(np.array([0, 1, 2]), np.array([0.1, 0.9, 0.5]), np.array([0, 1])) == 1.0   # 2 of 3 learned
+    assert np.isnan(_fold_auc(np.array([1, 1]), np.array([0.1, 0.9]), np.array([0, 1])))
+
+
+def test_svm_fold_auc_is_sklearns_when_every_class_is_present():
+    """The C grid's fold score did not change for the usual case: sklearn's macro one-vs-rest AUC of the
+    softmax of the decision values (multiclass), the AUC of the decision values (binary)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from medmtl.protocols.strategies import _fold_auc, _softmax
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 200)
+    d = rng.normal(size=(200, 3)) + np.eye(3)[y]
+    assert _fold_auc(y, d, np.arange(3)) == pytest.approx(roc_auc_score(y, _softmax(d), multi_class="ovr"))
+    y2 = rng.integers(0, 2, 200)
+    d2 = rng.normal(size=200) + y2
+    assert _fold_auc(y2, d2, np.arange(2)) == pytest.approx(roc_auc_score(y2, d2))

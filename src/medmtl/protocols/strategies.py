@@ -279,9 +279,9 @@ def _fit_svm(train, data, dataset, task, grid, seed):
             model = make_pipeline(StandardScaler(), LinearSVC(C=c, max_iter=5000, random_state=seed)).fit(x[tr], y[tr])
             d = model.decision_function(x[te])
             spread.append(float(np.std(d, axis=0).max()))
-            if len(np.unique(y[te])) < 2:
-                continue       # a fold with one class ranks nothing; the folds are stratified, so rare
-            aucs.append(roc_auc_score(y[te], d) if d.ndim == 1 else roc_auc_score(y[te], _softmax(d), multi_class="ovr"))
+            fold = _fold_auc(y[te], d, model[-1].classes_)
+            if math.isfinite(fold):
+                aucs.append(fold)
         results[c] = (float(np.mean(aucs)) if aucs else -np.inf, float(np.median(spread)))
     healthy = [c for c in grid if results[c][1] >= DEGENERATE_SPREAD]
     candidates = healthy or list(grid)
@@ -290,6 +290,20 @@ def _fit_svm(train, data, dataset, task, grid, seed):
     record = {"degenerate": not healthy, "excluded": [c for c in grid if c not in healthy],
               "cv_auc": {str(c): results[c][0] for c in grid}}
     return final, best_c, record
+
+
+def _fold_auc(y, d, classes) -> float:
+    """Macro one-vs-rest AUC of decision values ``d`` over the classes present in ``y`` that the fold's
+    SVM learned (a tiny training set can leave a class out of a fold); NaN with fewer than two."""
+    present = [c for c in np.unique(y) if c in set(classes)]
+    if len(np.unique(y)) < 2 or not present:
+        return math.nan
+    if d.ndim == 1:        # two classes learned: d scores classes[1]
+        return float(roc_auc_score(y == classes[1], d)) if classes[1] in set(y) and len(set(y == classes[1])) == 2 \
+            else math.nan
+    col, p = {c: k for k, c in enumerate(classes)}, _softmax(d)   # as sklearn's multi_class="ovr" scores them
+    vals = [roc_auc_score(y == c, p[:, col[c]]) for c in present if len(set(y == c)) == 2]
+    return float(np.mean(vals)) if vals else math.nan
 
 
 def _softmax(d):
