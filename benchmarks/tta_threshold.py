@@ -12,9 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -22,17 +19,10 @@ import pandas as pd
 from medmtl.api import load_config
 from medmtl.data.pipeline import prepare
 from medmtl.evaluation.scoring import metrics_of, score_run
+from studies import git_commit, machine  # benchmarks/ is on sys.path when this script runs
 
 KEEP = ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "threshold_youden",
         "accuracy_youden", "balanced_accuracy_youden")
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -73,8 +63,7 @@ def main() -> None:
             seeds[f"{arm.name}/seed{seed}"] = {"cells": cells, "best_epoch": best,
                                                "history": hist[cols].to_dict(orient="list")}
     doc = {"what": f"{args.config}: each model rescored with and without TTA ({positive} is the positive class)",
-           "commit": commit(), "date": datetime.date.today().isoformat(),
-           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "models": seeds}
+           "commit": git_commit(), "date": datetime.date.today().isoformat(), "machine": machine(), "models": seeds}
     out = args.out or Path("experiments/results") / f"{args.config.stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2, default=float) + "\n")

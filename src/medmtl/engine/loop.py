@@ -374,7 +374,7 @@ class Trainer:
                 self._write_history()
             self._log_mlflow(row)
             log.info("epoch %d: %s", self.epoch, {k: v for k, v in row.items() if k.startswith("val_")})
-            if self.fabric.is_global_zero:
+            if self.fabric.is_global_zero and epoch_log.isEnabledFor(logging.INFO):
                 epoch_log.info("%s", epoch_line(self.run_dir, self.epoch, tc.epochs, row, improved))
             if tc.early_stopping.patience and self.bad_epochs >= tc.early_stopping.patience:
                 log.info("early stopping after %d epochs without improvement", self.bad_epochs)

@@ -299,11 +299,9 @@ def _fold_auc(y, d, classes) -> float:
     if len(np.unique(y)) < 2 or not present:
         return math.nan
     if d.ndim == 1:        # two classes learned: d scores classes[1]
-        return float(roc_auc_score(y == classes[1], d)) if classes[1] in set(y) and len(set(y == classes[1])) == 2 \
-            else math.nan
+        return float(roc_auc_score(y == classes[1], d)) if classes[1] in present else math.nan
     col, p = {c: k for k, c in enumerate(classes)}, _softmax(d)   # as sklearn's multi_class="ovr" scores them
-    vals = [roc_auc_score(y == c, p[:, col[c]]) for c in present if len(set(y == c)) == 2]
-    return float(np.mean(vals)) if vals else math.nan
+    return float(np.mean([roc_auc_score(y == c, p[:, col[c]]) for c in present]))
 
 
 def _softmax(d):
