@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import torch
 
 from medmtl.data.dataset import MultiTaskDataset
 from medmtl.errors import MedmtlError
@@ -25,7 +26,9 @@ def build_model(cfg, specs: list):
     trunk = create_trunk(t.name, pretrained=t.pretrained, in_chans=t.in_chans, small_input=t.small_input, **t.kwargs)
     head_cfg = {k: {"name": h.name, "tasks": h.tasks, **h.kwargs} for k, h in cfg.model.heads.items()}
     heads = build_heads(specs, head_cfg, trunk.num_features, trunk.feature_info)
-    return MultiTaskModel(trunk, heads, specs, sharing=cfg.model.sharing, soft_weight=cfg.model.soft_weight)
+    model = MultiTaskModel(trunk, heads, specs, sharing=cfg.model.sharing, soft_weight=cfg.model.soft_weight)
+    # channels-last weights are enough: a convolution follows its weight's layout, inputs need no copy
+    return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
 
 
 def limit_items(dataset, limit: int | None, seed: int):
