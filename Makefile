@@ -27,7 +27,7 @@ sysdeps:
 	  else echo "note: r-cran-proc and chromium are missing and cannot be installed here; their tests will skip"; fi; \
 	fi
 
-# study 0 (multi-task vs transfer learning) in its quick CPU version; the report lands in runs/s0-mtl-vs-tl/report/
+# study 0 (multi-task vs transfer learning) in its quick CPU version; the report lands in runs/s0-mtl-vs-tl-quick/report/
 demo: $(STAMP)
 	$(BIN)/medmtl run experiments/s0-mtl-vs-tl.yaml --quick
 

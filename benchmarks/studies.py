@@ -5,7 +5,7 @@
     python benchmarks/studies.py readme            # rewrite the README's result blocks from the files
     python benchmarks/studies.py readme --check    # exit 1 where the README and the files disagree
 
-``run`` times ``medmtl run experiments/<config>.yaml`` (``--quick`` for the quick profile) and stores
+``run`` times ``medmtl run experiments/<config>.yaml --profile <profile>`` (no flag for ``full``) and stores
 ``experiments/results/<config>-<profile>.json``: the commit, date, machine, command and wall time,
 the run's ``results/metrics.json`` under ``metrics`` and its report's ``results.json`` under
 ``report``. The README holds one block per file between ``<!-- results:<name> -->`` and
@@ -64,24 +64,30 @@ def store(run_dir: Path, config: str, profile: str, seconds: float, command: str
 
 
 def run(configs: list[str], profile: str) -> None:
+    """Run each config with ``profile`` (``full``: the config as written) and store its results."""
     for config in configs:
         cfg_path = REPO / "experiments" / f"{config}.yaml"
         if not cfg_path.is_file():
             raise SystemExit(f"{cfg_path}: no such study config")
-        command = f"medmtl run experiments/{config}.yaml" + (" --quick" if profile == "quick" else "")
+        flag = [] if profile == "full" else ["--profile", profile]
+        command = " ".join(["medmtl", "run", f"experiments/{config}.yaml", *flag])
         commit = git_commit()
         start = time.perf_counter()
-        argv = [sys.executable, "-m", "medmtl.cli", "run", str(cfg_path), "--no-progress"]
-        subprocess.run(argv + (["--quick"] if profile == "quick" else []), check=True, cwd=REPO)
+        argv = [sys.executable, "-m", "medmtl.cli", "run", str(cfg_path), "--no-progress", *flag]
+        subprocess.run(argv, check=True, cwd=REPO)
         seconds = time.perf_counter() - start
-        name = _run_name(cfg_path)
-        print(f"stored: {store(REPO / 'runs' / name, config, profile, seconds, command, commit)}")
+        print(f"stored: {store(run_dir_of(cfg_path, profile), config, profile, seconds, command, commit)}")
 
 
-def _run_name(cfg_path: Path) -> str:
-    import yaml
+def run_dir_of(cfg_path: Path, profile: str) -> Path:
+    """Where ``medmtl run`` writes ``cfg_path`` under ``profile`` (the rule of ``apply_profile``)."""
+    sys.path.insert(0, str(REPO / "src"))
+    from medmtl.config import load_config
+    from medmtl.protocols import apply_profile
 
-    return yaml.safe_load(cfg_path.read_text())["name"]
+    cfg = load_config(cfg_path)
+    cfg = cfg if profile == "full" else apply_profile(cfg, profile)
+    return REPO / cfg.run_dir
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -202,7 +208,8 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("configs", nargs="+")
-    r.add_argument("--profile", default="quick", choices=["quick", "full"])
+    r.add_argument("--profile", default="quick",
+                   help="a profile of the configs (quick, standard, ...), or full: the config as written")
     s = sub.add_parser("store")
     s.add_argument("run_dir", type=Path)
     s.add_argument("--config", required=True)
@@ -215,7 +222,8 @@ def main() -> None:
     if args.cmd == "run":
         run(args.configs, args.profile)
     elif args.cmd == "store":
-        command = args.command or f"medmtl run experiments/{args.config}.yaml --{args.profile}"
+        flag = "" if args.profile == "full" else f" --profile {args.profile}"
+        command = args.command or f"medmtl run experiments/{args.config}.yaml{flag}"
         print(store(args.run_dir, args.config, args.profile, args.seconds, command))
     else:
         text = README.read_text()

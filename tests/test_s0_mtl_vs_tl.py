@@ -14,7 +14,7 @@ def reduced(name: str, **dotted):
     """The shipped config ``experiments/NAME.yaml`` with its quick overrides and then ``dotted``."""
     cfg = load_config(REPO / "experiments" / f"{name}.yaml")
     raw = cfg.model_dump(mode="json")
-    for key, value in {**cfg.quick, **dotted}.items():
+    for key, value in {**cfg.profiles["quick"], **dotted}.items():
         set_dotted(raw, key, value)
     return parse_config(raw, f"reduced {name}")
 

@@ -161,7 +161,7 @@ def test_s1_config_end_to_end(tmp_path, shared_cache, monkeypatch):
     tiny = {"experiment.seeds": [0], "data.size": 32, "data.batch_size": 16, "train.epochs": 1,
             "train.steps_per_epoch": 20, "data.limit_eval": 16}
     cfg = load_config(CONFIG, overrides={"cache_dir": str(shared_cache), "run_dir": str(tmp_path / "s1"),
-                                         "quick": tiny})
+                                         "profiles": {"quick": tiny}})
     out = run_experiment(cfg, quick=True, progress=False)
     write_report(out, tsne=False, gradcam=False, n_boot=20)   # the figures have their own tests
 

@@ -64,7 +64,7 @@ def test_s2_reduced_end_to_end(tmp_path, shared_cache):
     cfg = _s2_config({
         "cache_dir": str(shared_cache), "run_dir": str(tmp_path / "s2"),
         "tasks": [t.model_dump(mode="json") for t in full.tasks if t.name in tasks],
-        "data.size": 28, "data.batch_size": 16, "data.limit_train": 48, "data.limit_eval": 40,
+        "data.size": 28, "data.batch_size": 16, "data.limit_train": 96, "data.limit_eval": 40,
         "train.epochs": 1, "train.steps_per_epoch": 3, "train.early_stopping.patience": None,
         "loto.pool": tasks, "loto.targets": None, "loto.seeds": [0], "loto.lrs": [0.01], "loto.svm_c": [1.0],
         "loto.grid": {"train.optimizer.lr": [0.01, 0.001], "train.optimizer.head_lr_mult": [10.0],

@@ -104,7 +104,7 @@ def _tiny_s3(tmp_path, cache):
     for name in ("busi", "mini_mias", "medmnist"):
         need_data(name)
     raw = load_config(REPO / "experiments" / "s3-multidomain.yaml").model_dump(mode="json")
-    raw.update(cache_dir=str(cache), run_dir=str(tmp_path / "s3"), quick={})
+    raw.update(cache_dir=str(cache), run_dir=str(tmp_path / "s3"), profiles={})
     for t in raw["tasks"]:
         t["image"]["size"] = min(t["image"]["size"], 32)
     raw["data"].update(size=32, batch_size=16, limit_train=200, limit_eval=48)

@@ -72,14 +72,15 @@ def train(config: str | Path | ExperimentConfig | None = None, *, resume: str | 
     return fit(cfg, data, run_dir, resume=resume is not None, progress=progress)
 
 
-def run(config: str | Path | ExperimentConfig, *, quick: bool = False, progress: bool = True, workers: int = 1,
-        ray_address: str | None = None) -> Path:
+def run(config: str | Path | ExperimentConfig, *, profile: str | None = None, quick: bool = False,
+        progress: bool = True, workers: int = 1, ray_address: str | None = None) -> Path:
     """Every arm x seed of the experiment (and its LOTO protocol), then the report; returns the run dir.
 
-    See :func:`medmtl.protocols.run_experiment` for ``workers`` and ``ray_address``.
+    See :func:`medmtl.protocols.run_experiment` for ``profile``, ``workers`` and ``ray_address``.
     """
     cfg = _config(config)
-    run_dir = run_experiment(cfg, quick=quick, progress=progress, workers=workers, ray_address=ray_address)
+    run_dir = run_experiment(cfg, profile=profile, quick=quick, progress=progress, workers=workers,
+                             ray_address=ray_address)
     if cfg.experiment is not None:
         write_report(run_dir)
     return run_dir

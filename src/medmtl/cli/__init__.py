@@ -72,7 +72,9 @@ def train(
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="Experiment YAML with an 'experiment' section (arms to compare)."),
-    quick: bool = typer.Option(False, "--quick", help="Apply the config's 'quick' overrides (a CPU version)."),
+    profile: str = typer.Option(None, "--profile",
+                                help="Apply one of the config's profiles ('quick', 'standard', ...) first."),
+    quick: bool = typer.Option(False, "--quick", help="The same as --profile quick (a CPU version in minutes)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
     workers: int = typer.Option(1, "--workers", min=1,
                                 help="Run arms x seeds as this many parallel trials on a local Ray instance."),
@@ -81,8 +83,8 @@ def run(
 ) -> None:
     """Run a comparison of strategies: every arm and seed, test scores, results and report."""
     try:
-        out = api.run(config, quick=quick, progress=progress and sys.stderr.isatty(), workers=workers,
-                      ray_address=ray_address)
+        out = api.run(config, profile=profile, quick=quick, progress=progress and sys.stderr.isatty(),
+                      workers=workers, ray_address=ray_address)
     except (MedmtlError, KeyError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(f"results: {out / 'results'}")

@@ -463,7 +463,12 @@ class LOTOConfig(_Section):
 
 
 class ExperimentConfig(_Section):
-    """The whole experiment. Paths accept ``${MEDMTL_DATA}``, other ``$VARS`` and ``~``."""
+    """The whole experiment. Paths accept ``${MEDMTL_DATA}``, other ``$VARS`` and ``~``.
+
+    ``profiles``: named blocks of dotted overrides (``quick``: a CPU version in minutes, ``standard``:
+    an answer on a CPU in under an hour, ...), applied by ``medmtl run --profile NAME``; ``profile``
+    records the one a run applied (set by the run, not by hand).
+    """
 
     name: str = "experiment"
     seed: int = 0
@@ -477,8 +482,23 @@ class ExperimentConfig(_Section):
     train: TrainConfig = TrainConfig()
     experiment: ExperimentSection | None = None
     loto: LOTOConfig | None = None
-    quick: dict[str, Any] = {}
+    profiles: dict[str, dict[str, Any]] = {}
+    profile: str | None = None
     decode_workers: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _quick_block(cls, raw):
+        # ``quick:`` is the older spelling of ``profiles: {quick: ...}``; configs and run dirs have it
+        if isinstance(raw, dict) and "quick" in raw:
+            raw = dict(raw)
+            quick = raw.pop("quick")
+            profiles = dict(raw.get("profiles") or {})
+            if "quick" in profiles and quick:
+                raise ValueError("the config has both a 'quick' block and profiles.quick; keep one")
+            profiles.setdefault("quick", quick or {})
+            raw["profiles"] = profiles
+        return raw
 
     @model_validator(mode="after")
     def _check(self):

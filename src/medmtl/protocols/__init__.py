@@ -8,8 +8,8 @@ this package registers them all.
 from medmtl.protocols import cv, loto  # noqa: F401  (registers the cv and loto protocols)
 from medmtl.protocols._base import PROTOCOLS, ProtocolInfo, ProtocolRun, create_protocol
 from medmtl.protocols.check import check_config
-from medmtl.protocols.run import apply_quick, run_experiment
+from medmtl.protocols.run import apply_profile, apply_quick, run_experiment
 from medmtl.protocols.strategies import STRATEGIES, ArmContext, ArmOutcome, StrategyInfo, create_strategy
 
 __all__ = ["PROTOCOLS", "STRATEGIES", "ArmContext", "ArmOutcome", "ProtocolInfo", "ProtocolRun", "StrategyInfo",
-           "apply_quick", "check_config", "create_protocol", "create_strategy", "run_experiment"]
+           "apply_profile", "apply_quick", "check_config", "create_protocol", "create_strategy", "run_experiment"]

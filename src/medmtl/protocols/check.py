@@ -43,7 +43,7 @@ def check_config(cfg):
 
 def _override_sets(cfg):
     """(key path, dotted overrides) of every place a config changes itself before a training. The
-    ``quick`` block is not among them: it applies only to ``--quick`` runs, and ``run_experiment``
+    profiles are not among them: one applies only to a ``--profile`` run, and ``run_experiment``
     checks the config it makes from it before running that."""
     exp = cfg.experiment
     if exp is not None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
+from medmtl._registry import did_you_mean
 from medmtl.config import override_config, save_config
 from medmtl.errors import ConfigError
 from medmtl.evaluation import audit
@@ -23,15 +25,43 @@ from medmtl.protocols.check import check_config
 from medmtl.protocols.comparison import dense_predictions
 
 
+def apply_profile(cfg, name: str):
+    """The config with its profile ``name`` applied (dotted overrides), the name kept in ``profile``."""
+    if cfg.profile is not None:
+        raise ConfigError(f"this config already had profile {cfg.profile!r} applied; profiles do not stack")
+    if name not in cfg.profiles:
+        raise ConfigError(f"the config has no profile {name!r}; its profiles: {sorted(cfg.profiles) or 'none'}"
+                          f"{did_you_mean(name, cfg.profiles)}")
+    overrides = {**cfg.profiles[name], "profile": name}
+    if "run_dir" not in overrides and Path(cfg.run_dir) == Path("runs") / cfg.name:
+        # its own run dir by default: a finished arm is never re-run, so a standard run in a quick
+        # run's dir would report the quick models
+        overrides["run_dir"] = str(Path("runs") / f"{cfg.name}-{name}")
+    return override_config(cfg, overrides, f"profiles.{name}")
+
+
+def _check_same_profile(cfg, run_dir: Path) -> None:
+    """Refuse a run dir that holds a run of another profile: its finished arms would be taken as this run's."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    before = (yaml.safe_load(saved.read_text()) or {}).get("profile")
+    if before != cfg.profile:
+        raise ConfigError(f"{run_dir} holds a run with profile {before!r}, and this run has profile "
+                          f"{cfg.profile!r}: its finished arms would be reported as this run's; set run_dir "
+                          "to another directory or remove that one")
+
+
 def apply_quick(cfg):
-    """The config with its ``quick`` overrides applied (dotted keys), for a CPU version in minutes."""
-    return override_config(cfg, cfg.quick, "quick overrides")
+    """The config with its ``quick`` profile applied, for a CPU version in minutes."""
+    return apply_profile(cfg, "quick")
 
 
-def run_experiment(cfg, *, quick: bool = False, progress: bool = True, workers: int = 1,
-                   ray_address: str | None = None) -> Path:
+def run_experiment(cfg, *, profile: str | None = None, quick: bool = False, progress: bool = True,
+                   workers: int = 1, ray_address: str | None = None) -> Path:
     """Train and score every arm (of every application); returns the run dir holding ``results/``.
 
+    ``profile`` applies one of the config's profiles first (``quick=True`` is ``profile="quick"``).
     ``workers > 1`` runs the arms x seeds as parallel trials on a local Ray instance, and
     ``ray_address`` on an existing Ray cluster; results are the same files either way, and
     finished arms are never run again. Every name in the config is checked first
@@ -41,10 +71,14 @@ def run_experiment(cfg, *, quick: bool = False, progress: bool = True, workers: 
     if cfg.experiment is None and cfg.loto is None:
         raise ConfigError("this config has neither an 'experiment' section (arms to compare) nor a 'loto' "
                           "section; use 'medmtl train' for one model")
-    if quick:
-        cfg = apply_quick(cfg)
+    if quick and profile not in (None, "quick"):
+        raise ConfigError(f"quick=True and profile={profile!r} ask for two profiles; give one")
+    profile = "quick" if quick else profile
+    if profile is not None:
+        cfg = apply_profile(cfg, profile)
     check_config(cfg)
     run_dir = Path(cfg.run_dir)
+    _check_same_profile(cfg, run_dir)
     save_config(cfg, run_dir)
     audits = []
     if cfg.experiment is not None:

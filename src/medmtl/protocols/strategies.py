@@ -78,7 +78,7 @@ def arm_config(ctx: ArmContext, tasks: list[str], run_dir: Path, *, pretrained="
 
     def narrow(raw: dict) -> None:
         raw.pop("experiment", None)
-        raw.pop("quick", None)
+        raw.pop("profiles", None)
         raw["tasks"] = [t for t in raw["tasks"] if t["name"] in tasks]
         raw["seed"], raw["run_dir"] = ctx.seed, str(run_dir)
         if pretrained != "inherit":
