@@ -95,3 +95,14 @@ def test_every_study_has_a_quick_and_a_standard_profile_that_check(study):
     # the contract for a standard answer: 3 seeds, no subset of any training set
     assert len(standard.experiment.seeds) >= 3
     assert standard.data.limit_train is None and standard.data.limit_eval is None and standard.data.limit_test is None
+
+
+@pytest.mark.parametrize("config", ["medmnist-v2-resnet18", "medmnist-lite0-64"])
+def test_reproduction_configs_check_and_name_their_published_values(config):
+    cfg = check_config(load_config(REPO / "experiments" / "reproduce" / f"{config}.yaml"))
+    exp = cfg.experiment
+    assert exp.seeds == [0, 1, 2] and sorted(exp.applications) == ["breastmnist", "retinamnist"]
+    values = exp.reference.values
+    assert {v.task for v in values} == {"breastmnist", "retinamnist"}
+    assert all(v.arm == exp.arms[0].name and 0.5 < v.published < 1.0 for v in values)
+    check_config(apply_profile(cfg, "quick"))
