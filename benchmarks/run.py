@@ -21,9 +21,19 @@ medmtl over the same recipe as a bare hand-written loop, same seed, with both te
 pipeline_vs_model: images/s of the input pipeline alone (cached decode + s0 augmentation +
 collation, with the loader workers of the default config) over images/s of training steps on
 pre-loaded batches. Goal >= 3.
+
+layout_<trunk>: the time of a training step with the model in channels-last memory order over the
+same step in contiguous order (``train.channels_last``), per trunk at its study's size, the two
+alternating step by step. Below 1 means channels-last is faster; it is on by default because it is.
+
+Every part's value, with its details, the commit, the date and the machine, is merged into
+``experiments/results/bench.json`` (``--out``), from which the README's table is rendered.
 """
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
 import os
 import sys
 import tempfile
@@ -192,24 +202,112 @@ def grid_ratio(n_trials: int = 8, steps: int = 48000) -> float:
     return elapsed[1] / elapsed[2]
 
 
+LAYOUT_TRUNKS = {   # trunk -> (create_trunk options, image size, batch): each at its study's setting
+    "resnext29_w0.125": ({"name": "resnext29", "width": 0.125}, 32, 64),
+    "efficientnet_lite0": ({"name": "efficientnet_lite0"}, 64, 64),
+    "resnet18_small": ({"name": "resnet18", "small_input": True}, 28, 128),
+}
+
+
+def layout_ratios(rounds: int = 5, steps: int = 3) -> dict[str, dict]:
+    """Per trunk, channels-last step time over contiguous step time (median of interleaved rounds)."""
+    import copy
+    import statistics
+
+    import torch
+
+    from medmtl.models.trunks import create_trunk
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    out = {}
+    for key, (options, size, batch) in LAYOUT_TRUNKS.items():
+        torch.manual_seed(0)
+        options = dict(options)
+        contiguous = create_trunk(options.pop("name"), in_chans=3, **options)
+        nets = {"contiguous": contiguous, "channels_last": copy.deepcopy(contiguous).to(memory_format=torch.channels_last)}
+        opts = {k: torch.optim.SGD(n.parameters(), lr=0.01, momentum=0.9) for k, n in nets.items()}
+        x = torch.randn(batch, 3, size, size)
+
+        def step(k):
+            start = time.perf_counter()
+            opts[k].zero_grad(set_to_none=True)
+            nets[k](x).float().square().mean().backward()
+            opts[k].step()
+            return time.perf_counter() - start
+
+        for k in nets:              # warm-up: allocator and kernel choice
+            step(k)
+        ratios, times = [], {k: [] for k in nets}
+        for _ in range(rounds):
+            t = {k: 0.0 for k in nets}
+            for _ in range(steps):
+                for k in nets:
+                    t[k] += step(k)
+            ratios.append(t["channels_last"] / t["contiguous"])
+            for k in nets:
+                times[k].append(t[k] / steps)
+        out[key] = {"value": round(statistics.median(ratios), 3), "size": size, "batch": batch,
+                    "contiguous_ms": round(1000 * statistics.median(times["contiguous"]), 1),
+                    "channels_last_ms": round(1000 * statistics.median(times["channels_last"]), 1),
+                    "rounds": [round(r, 3) for r in ratios]}
+        print(f"# layout {key}: contiguous {out[key]['contiguous_ms']} ms, channels-last "
+              f"{out[key]['channels_last_ms']} ms per step (batch {batch}, {size} px)", file=sys.stderr)
+    return out
+
+
+PARTS = ("cache", "train", "grid", "layout", "ttq")
+
+
+def _store(path: Path, records: dict) -> None:
+    """Merge this run's parts into ``path`` (each part keeps the commit, date and machine it ran at)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from studies import git_commit, machine
+
+    doc = json.loads(path.read_text()) if path.is_file() else {"what": "make bench (benchmarks/run.py)", "parts": {}}
+    stamp = {"commit": git_commit(), "date": datetime.date.today().isoformat(), "machine": machine()}
+    for part, values in records.items():
+        doc["parts"][part] = {**stamp, "values": values}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"# stored in {path}", file=sys.stderr)
+
+
 def main() -> None:
-    """All ratios, or only the parts named on the command line (cache, train, grid, ttq)."""
+    """All ratios, or only the parts named on the command line; each stored in ``--out``."""
     os.environ.setdefault("MEDMTL_DATA", str(REPO.parent / "shared" / "datasets"))
-    parts = set(sys.argv[1:]) or {"cache", "train", "grid", "ttq"}
-    unknown = parts - {"cache", "train", "grid", "ttq"}
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("parts", nargs="*", help=f"some of {', '.join(PARTS)} (default: all)")
+    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "bench.json",
+                        help="results file the parts are merged into")
+    parser.add_argument("--no-store", action="store_true", help="print only")
+    args = parser.parse_args()
+    parts = set(args.parts) or set(PARTS)
+    unknown = parts - set(PARTS)
     if unknown:
-        raise SystemExit(f"unknown benchmark parts {sorted(unknown)}; choose from cache, train, grid, ttq")
+        raise SystemExit(f"unknown benchmark parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    records = {}
     if "cache" in parts:
         with tempfile.TemporaryDirectory() as tmp:
             first = pcam_pass(f"{tmp}/cache", f"{tmp}/run")
             second = pcam_pass(f"{tmp}/cache", f"{tmp}/run")
         print(f"cache_second_vs_first: {first / second:.1f}")
+        records["cache"] = {"cache_second_vs_first": {"value": round(first / second, 1), "goal": ">= 10",
+                                                      "cold_seconds": round(first, 2), "warm_seconds": round(second, 2)}}
     if "train" in parts:
         trainer_vs_bare, pipeline_vs_model = train_ratios()
         print(f"trainer_vs_bare: {trainer_vs_bare:.2f}")
         print(f"pipeline_vs_model: {pipeline_vs_model:.1f}")
+        records["train"] = {"trainer_vs_bare": {"value": round(trainer_vs_bare, 2), "goal": ">= 0.95"},
+                            "pipeline_vs_model": {"value": round(pipeline_vs_model, 1), "goal": ">= 3"}}
     if "grid" in parts:
-        print(f"grid_2_vs_1: {grid_ratio():.2f}")
+        ratio = grid_ratio()
+        print(f"grid_2_vs_1: {ratio:.2f}")
+        records["grid"] = {"grid_2_vs_1": {"value": round(ratio, 2), "goal": ">= 1.8"}}
+    if "layout" in parts:
+        layout = layout_ratios()
+        for key, r in layout.items():
+            print(f"layout_{key}: {r['value']:.2f}")
+        records["layout"] = {f"layout_{k}": {**r, "goal": "< 1 to be on by default"} for k, r in layout.items()}
     if "ttq" in parts:
         from time_to_quality import time_to_quality
 
@@ -217,6 +315,10 @@ def main() -> None:
         print(f"# time_to_quality: medmtl {r['medmtl_seconds']:.1f} s, test AUC {r['medmtl_test_auc']:.3f}; bare loop "
               f"{r['bare_seconds']:.1f} s, test AUC {r['bare_test_auc']:.3f}", file=sys.stderr)
         print(f"time_to_quality: {r['ratio']:.2f}")
+        records["ttq"] = {"time_to_quality": {"value": round(r["ratio"], 2), "goal": "measured",
+                                              **{k: v for k, v in r.items() if k != "ratio"}}}
+    if not args.no_store:
+        _store(args.out, records)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
 README = REPO / "README.md"
-BLOCK = re.compile(r"<!-- (?P<kind>results|tta|ttq):(?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /(?P=kind) -->", re.S)
+BLOCK = re.compile(r"<!-- (?P<kind>results|tta|ttq|bench):(?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /(?P=kind) -->", re.S)
 # the metrics a README row shows per task kind (the report has them all)
 SHOWN = {"binary": ("auc", "balanced_accuracy_youden"), "multiclass": ("auc",), "ordinal": ("auc",),
          "segmentation": ("dice", "iou"), "detection": ("box_iou", "hit_rate")}
@@ -191,7 +191,20 @@ def render_ttq(doc: dict) -> str:
             f"{published:.3f}.\n")
 
 
-RENDERERS = {"results": render, "tta": render_tta, "ttq": render_ttq}
+def render_bench(doc: dict) -> str:
+    """The README table of ``make bench``'s results file: one row per measured value, with the commit,
+    date and machine of the run that measured it."""
+    lines = ["| benchmark | value | goal | measured |", "|---|---|---|---|"]
+    for part, record in doc["parts"].items():
+        for name, v in record["values"].items():
+            extra = {k: x for k, x in v.items() if k not in ("value", "goal", "rounds")}
+            detail = ", ".join(f"{k} {x:g}" if isinstance(x, (int, float)) else f"{k} {x}" for k, x in extra.items())
+            lines.append(f"| `{name}`{f' ({detail})' if detail else ''} | {v['value']:g} | {v.get('goal', '')} | "
+                         f"`{part}` part, commit {record['commit']}, {record['date']} ({record['machine']}) |")
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {"results": render, "tta": render_tta, "ttq": render_ttq, "bench": render_bench}
 
 
 def readme_blocks(text: str) -> dict[str, str]:

@@ -192,8 +192,8 @@ def test_s4_reduced_end_to_end(tmp_path, shared_cache, monkeypatch):
     assert [a.name for a in cfg.experiment.arms] == ["parallel", "feature_transfer", "stl_cls", "stl_seg", "stl_det"]
     raw = cfg.model_dump(mode="json")
     tiny = {**cfg.profiles["quick"], "cache_dir": str(shared_cache), "run_dir": str(tmp_path / "s4"), "profiles": {},
-            "data.size": 32, "data.batch_size": 16, "data.limit_train": 160,
-            "data.limit_eval": 16, "train.epochs": 2, "train.steps_per_epoch": 16, "train.mlflow": False}
+            "data.size": 64, "data.batch_size": 16, "data.limit_train": 400,
+            "data.limit_eval": 16, "train.epochs": 3, "train.steps_per_epoch": 20, "train.mlflow": False}
     for key, value in tiny.items():
         set_dotted(raw, key, value)
     run = run_experiment(parse_config(raw, "reduced s4"), progress=False)
