@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from medmtl.config import parse_config
 from medmtl.protocols import STRATEGIES, run_experiment
@@ -281,3 +282,44 @@ def test_svm_fold_auc_is_sklearns_when_every_class_is_present():
     y2 = rng.integers(0, 2, 200)
     d2 = rng.normal(size=200) + y2
     assert _fold_auc(y2, d2, np.arange(2)) == pytest.approx(roc_auc_score(y2, d2))
+
+
+def test_an_arm_stopped_mid_training_continues_from_its_last_epoch(tmp_path, shared_cache, monkeypatch, caplog):
+    """A run killed inside an arm's training loses no finished epoch: the re-run continues from the
+    arm's last checkpoint (same config), and ends with the weights of an uninterrupted run."""
+    import logging
+
+    from medmtl.engine import checkpoint as ckpt
+    from medmtl.engine import loop
+
+    def experiment(run_dir):
+        _, raw = _cfg(tmp_path, shared_cache, epochs=2)
+        raw["run_dir"] = str(run_dir)
+        raw["experiment"] = {"main_task": "breastmnist", "seeds": [0], "arms": [{"name": "stl", "strategy": "stl"}]}
+        return parse_config(raw)
+
+    whole = run_experiment(experiment(tmp_path / "whole"), progress=False)
+    calls = {"n": 0}
+    validate = loop.Trainer.validate
+
+    def killed_in_epoch_2(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return validate(self)
+
+    monkeypatch.setattr(loop.Trainer, "validate", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(experiment(tmp_path / "cut"), progress=False)
+    arm = tmp_path / "cut" / "arms" / "stl" / "seed0"
+    first = pd.read_csv(arm / "history.csv")
+    assert len(first) == 1 and not (arm / "done.json").exists()
+    monkeypatch.setattr(loop.Trainer, "validate", validate)
+    with caplog.at_level(logging.INFO, logger="medmtl.protocols"):
+        run_experiment(experiment(tmp_path / "cut"), progress=False)
+    assert any("continuing the interrupted training" in r.getMessage() for r in caplog.records)
+    hist = pd.read_csv(arm / "history.csv")
+    assert list(hist["epoch"]) == [1, 2] and hist["seconds"][0] == first["seconds"][0]   # epoch 1 not re-trained
+    a = ckpt.load(whole / "arms" / "stl" / "seed0" / "checkpoints" / "last.ckpt")["model"]
+    b = ckpt.load(arm / "checkpoints" / "last.ckpt")["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)

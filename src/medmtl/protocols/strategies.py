@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
@@ -94,12 +95,26 @@ def train_arm(ctx: ArmContext, tasks, run_dir: Path, **kw):
     """Train one model of the arm; its best-epoch decision goes to the arm's audit. Returns
     ``(run_dir, FitResult)``."""
     cfg = arm_config(ctx, tasks, run_dir, **kw)
+    resume = _interrupted(cfg, Path(run_dir))
     save_config(cfg, run_dir)
-    result = fit(cfg, ctx.data, run_dir, progress=False)
+    result = fit(cfg, ctx.data, run_dir, resume=resume, progress=False)
     sel = result.selection
     ctx.decide("best_epoch", reads=sel["reads"], chose=sel["chose"], grid=sel["grid"],
                model=Path(run_dir).name if Path(run_dir) != Path(ctx.run_dir) else "")
     return run_dir, result
+
+
+def _interrupted(cfg, run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds an unfinished training of exactly ``cfg`` (its last epoch's checkpoint):
+    an experiment stopped mid-arm then loses no finished epoch. Another config trains afresh."""
+    last, saved = run_dir / "checkpoints" / "last.ckpt", run_dir / "config.yaml"
+    if not (last.is_file() and saved.is_file()):
+        return False
+    if yaml.safe_load(saved.read_text()) != cfg.model_dump(mode="json"):
+        log.warning("%s: its checkpoint is of another config; trained afresh", run_dir)
+        return False
+    log.info("%s: continuing the interrupted training from its last checkpoint", run_dir)
+    return True
 
 
 def _main(ctx) -> str:
