@@ -39,8 +39,9 @@ LABELS = {"auc": "AUC", "balanced_accuracy_youden": "balanced accuracy at the va
 
 def git_commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True, cwd=REPO).stdout.strip()
+    # stored results are not code: an uncommitted one does not make the measured commit dirty
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":!experiments/results"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
 
 
@@ -198,7 +199,8 @@ def render_bench(doc: dict) -> str:
     for part, record in doc["parts"].items():
         for name, v in record["values"].items():
             extra = {k: x for k, x in v.items() if k not in ("value", "goal", "rounds")}
-            detail = ", ".join(f"{k} {x:g}" if isinstance(x, (int, float)) else f"{k} {x}" for k, x in extra.items())
+            detail = ", ".join(f"{k} {x:g}" if isinstance(x, (int, float)) and not isinstance(x, bool)
+                               else f"{k} {x}" for k, x in extra.items())
             lines.append(f"| `{name}`{f' ({detail})' if detail else ''} | {v['value']:g} | {v.get('goal', '')} | "
                          f"`{part}` part, commit {record['commit']}, {record['date']} ({record['machine']}) |")
     return "\n".join(lines) + "\n"

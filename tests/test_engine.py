@@ -361,3 +361,16 @@ def test_a_trained_model_beats_chance_and_one_trained_on_shuffled_labels_does_no
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(y, s) <= chance_level(y, s)
+
+
+def test_a_checkpoint_saved_when_early_stopping_fired_trains_no_more(tmp_path, shared_cache, medmnist_data):
+    """Resumed from the checkpoint of an early-stopped training (a crash in the scoring after it),
+    training does not start again: no epoch is added, the stop is reported."""
+    cfg, _ = _cfg(tmp_path, shared_cache, epochs=5, early_stopping={"monitor": "main", "patience": 2})
+    trainer = Trainer(cfg, medmnist_data, tmp_path / "run", progress=False)
+    trainer.epoch, trainer.bad_epochs = 3, 2          # the state saved when the stop fired
+    (tmp_path / "run").mkdir(exist_ok=True)
+    result = trainer.fit()
+    assert result.stopped_early and trainer.epoch == 3 and trainer.history == []
+    fresh = Trainer(cfg, medmnist_data, tmp_path / "run2", progress=False)
+    assert fresh.bad_epochs == 0 and len(fresh.fit().history) >= 3   # patience 2: at least 3 epochs

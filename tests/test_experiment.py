@@ -323,3 +323,16 @@ def test_an_arm_stopped_mid_training_continues_from_its_last_epoch(tmp_path, sha
     a = ckpt.load(whole / "arms" / "stl" / "seed0" / "checkpoints" / "last.ckpt")["model"]
     b = ckpt.load(arm / "checkpoints" / "last.ckpt")["model"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+    # another config in the same arm dir: its checkpoint is not continued but removed, and trained afresh
+    (arm / "done.json").unlink()
+    changed = experiment(tmp_path / "cut").model_dump(mode="json")
+    changed["train"]["optimizer"]["lr"] = 0.01
+    monkeypatch.setattr(loop.Trainer, "validate", killed_in_epoch_2)
+    calls["n"] = 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="medmtl.protocols"), pytest.raises(KeyboardInterrupt):
+        run_experiment(parse_config(changed), progress=False)
+    assert any("checkpoint is of another config" in r.getMessage() for r in caplog.records)
+    assert ckpt.load(arm / "checkpoints" / "last.ckpt")["epoch"] == 1     # the new config's first epoch
+    assert pd.read_csv(arm / "history.csv")["seconds"][0] != hist["seconds"][0]

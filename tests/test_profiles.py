@@ -71,6 +71,14 @@ def test_a_run_dir_of_another_profile_is_refused_before_any_data(tmp_path, ds, m
         run_experiment(cfg, progress=False)
     with pytest.raises(ConfigError, match="quick=True and profile='standard' ask for two profiles"):
         run_experiment(cfg, profile="standard", quick=True, progress=False)
+    # a run dir saved before profiles existed may hold a quick run: refused, never taken as this run's
+    legacy = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    legacy.pop("profile")
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(legacy))
+    with pytest.raises(ConfigError, match="saved before profiles existed"):
+        run_experiment(cfg, progress=False)
+    # the run dir's own config, run again with its own profile, is the same run
+    assert apply_profile(apply_profile(cfg, "quick"), "quick").profile == "quick"
 
 
 def test_cli_profile_and_quick(tmp_path, ds):

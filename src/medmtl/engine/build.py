@@ -27,7 +27,7 @@ def build_model(cfg, specs: list):
     head_cfg = {k: {"name": h.name, "tasks": h.tasks, **h.kwargs} for k, h in cfg.model.heads.items()}
     heads = build_heads(specs, head_cfg, trunk.num_features, trunk.feature_info)
     model = MultiTaskModel(trunk, heads, specs, sharing=cfg.model.sharing, soft_weight=cfg.model.soft_weight)
-    # channels-last weights are enough: a convolution follows its weight's layout, inputs need no copy
+    # channels-last weights are enough: the first convolution converts its input, the rest follow
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
 
 

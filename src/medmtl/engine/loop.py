@@ -326,8 +326,9 @@ class Trainer:
         tc = self.cfg.train
         if tc.bn_adapt_batches and self.epoch == 0 and self.step == 0:
             self._adapt_bn()
-        stopped = False
-        while self.epoch < tc.epochs:
+        # a checkpoint saved when early stopping fired (resumed after a crash in scoring) trains no more
+        stopped = bool(tc.early_stopping.patience) and self.bad_epochs >= tc.early_stopping.patience
+        while self.epoch < tc.epochs and not stopped:
             start = time.perf_counter()
             train_losses = self.train_epoch()
             self._check_ranks_agree()

@@ -27,6 +27,8 @@ from medmtl.protocols.comparison import dense_predictions
 
 def apply_profile(cfg, name: str):
     """The config with its profile ``name`` applied (dotted overrides), the name kept in ``profile``."""
+    if cfg.profile == name:         # a run dir's saved config, run again with its own profile
+        return cfg
     if cfg.profile is not None:
         raise ConfigError(f"this config already had profile {cfg.profile!r} applied; profiles do not stack")
     if name not in cfg.profiles:
@@ -45,7 +47,12 @@ def _check_same_profile(cfg, run_dir: Path) -> None:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         return
-    before = (yaml.safe_load(saved.read_text()) or {}).get("profile")
+    raw = yaml.safe_load(saved.read_text()) or {}
+    if "profile" not in raw:
+        raise ConfigError(f"{run_dir} holds a run saved before profiles existed (its config.yaml has no "
+                          "'profile'): it may be a quick run, whose finished arms would be reported as this "
+                          "run's; set run_dir to another directory or remove that one")
+    before = raw["profile"]
     if before != cfg.profile:
         raise ConfigError(f"{run_dir} holds a run with profile {before!r}, and this run has profile "
                           f"{cfg.profile!r}: its finished arms would be reported as this run's; set run_dir "

@@ -106,12 +106,18 @@ def train_arm(ctx: ArmContext, tasks, run_dir: Path, **kw):
 
 def _interrupted(cfg, run_dir: Path) -> bool:
     """Whether ``run_dir`` holds an unfinished training of exactly ``cfg`` (its last epoch's checkpoint):
-    an experiment stopped mid-arm then loses no finished epoch. Another config trains afresh."""
+    an experiment stopped mid-arm then loses no finished epoch. Another config trains afresh, and its
+    checkpoint is removed first (a kill in the new first epoch must not leave it beside the new config)."""
     last, saved = run_dir / "checkpoints" / "last.ckpt", run_dir / "config.yaml"
-    if not (last.is_file() and saved.is_file()):
+    if not last.is_file():
         return False
-    if yaml.safe_load(saved.read_text()) != cfg.model_dump(mode="json"):
-        log.warning("%s: its checkpoint is of another config; trained afresh", run_dir)
+    try:
+        same = saved.is_file() and yaml.safe_load(saved.read_text()) == cfg.model_dump(mode="json")
+    except yaml.YAMLError:
+        same = False
+    if not same:
+        log.warning("%s: its checkpoint is of another config (or of none); removed, trained afresh", run_dir)
+        last.unlink()
         return False
     log.info("%s: continuing the interrupted training from its last checkpoint", run_dir)
     return True
