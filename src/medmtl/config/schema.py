@@ -462,6 +462,11 @@ class LOTOConfig(_Section):
         return [f"loto_{t}" for t in self.transfer] + (["loto_joint"] if self.joint else [])
 
 
+def default_run_dir(name: str) -> Path:
+    """Where a config's runs go when it sets no ``run_dir`` (a profile's: ``default_run_dir(f"{name}-{profile}")``)."""
+    return Path("runs") / name
+
+
 class ExperimentConfig(_Section):
     """The whole experiment. Paths accept ``${MEDMTL_DATA}``, other ``$VARS`` and ``~``.
 
@@ -507,7 +512,7 @@ class ExperimentConfig(_Section):
         if dup:
             raise ValueError(f"task names must be unique; repeated: {dup}")
         if self.run_dir is None:
-            self.run_dir = Path("runs") / self.name
+            self.run_dir = default_run_dir(self.name)
         if self.experiment is not None:
             # the LOTO protocol's arms (loto_<transfer>, loto_joint) are compared like the experiment's own
             names = [a.name for a in self.experiment.arms] + (self.loto.arm_names() if self.loto else [])

@@ -327,7 +327,7 @@ class Trainer:
         if tc.bn_adapt_batches and self.epoch == 0 and self.step == 0:
             self._adapt_bn()
         # a checkpoint saved when early stopping fired (resumed after a crash in scoring) trains no more
-        stopped = bool(tc.early_stopping.patience) and self.bad_epochs >= tc.early_stopping.patience
+        stopped = self._patience_spent()
         while self.epoch < tc.epochs and not stopped:
             start = time.perf_counter()
             train_losses = self.train_epoch()
@@ -377,7 +377,7 @@ class Trainer:
             log.info("epoch %d: %s", self.epoch, {k: v for k, v in row.items() if k.startswith("val_")})
             if self.fabric.is_global_zero and epoch_log.isEnabledFor(logging.INFO):
                 epoch_log.info("%s", epoch_line(self.run_dir, self.epoch, tc.epochs, row, improved))
-            if tc.early_stopping.patience and self.bad_epochs >= tc.early_stopping.patience:
+            if self._patience_spent():
                 log.info("early stopping after %d epochs without improvement", self.bad_epochs)
                 stopped = True
                 break
@@ -391,6 +391,10 @@ class Trainer:
                  "selection": selection}, indent=2, default=float))
         return FitResult(self.run_dir, self.best["epoch"], self.best["monitor"], self.best["metrics"],
                          self.history, stopped, self.mode, selection)
+
+    def _patience_spent(self) -> bool:
+        patience = self.cfg.train.early_stopping.patience
+        return bool(patience) and self.bad_epochs >= patience
 
     def _improved(self, monitor: float) -> bool:
         if math.isnan(monitor):

@@ -12,6 +12,7 @@ import yaml
 
 from medmtl._registry import did_you_mean
 from medmtl.config import override_config, save_config
+from medmtl.config.schema import default_run_dir
 from medmtl.errors import ConfigError
 from medmtl.evaluation import audit
 from medmtl.evaluation.audit import write_audit
@@ -35,10 +36,10 @@ def apply_profile(cfg, name: str):
         raise ConfigError(f"the config has no profile {name!r}; its profiles: {sorted(cfg.profiles) or 'none'}"
                           f"{did_you_mean(name, cfg.profiles)}")
     overrides = {**cfg.profiles[name], "profile": name}
-    if "run_dir" not in overrides and Path(cfg.run_dir) == Path("runs") / cfg.name:
+    if "run_dir" not in overrides and Path(cfg.run_dir) == default_run_dir(cfg.name):
         # its own run dir by default: a finished arm is never re-run, so a standard run in a quick
         # run's dir would report the quick models
-        overrides["run_dir"] = str(Path("runs") / f"{cfg.name}-{name}")
+        overrides["run_dir"] = str(default_run_dir(f"{cfg.name}-{name}"))
     return override_config(cfg, overrides, f"profiles.{name}")
 
 
