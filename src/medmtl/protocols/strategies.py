@@ -22,13 +22,13 @@ from sklearn.svm import LinearSVC
 
 from medmtl._registry import Registry
 from medmtl.config import override_config, save_config
-from medmtl.data.dataset import MultiTaskDataset, collate
+from medmtl.data.dataset import MultiTaskDataset
 from medmtl.engine.build import build_model, limit_items, scoring_subset
 from medmtl.engine.loop import fit
 from medmtl.engine.predict import default_device
 from medmtl.errors import ConfigError
 from medmtl.evaluation import audit
-from medmtl.evaluation.predictions import dihedral
+from medmtl.evaluation.features import trunk_features
 from medmtl.evaluation.results import NO_TTA_SPLIT
 
 
@@ -248,7 +248,7 @@ def svm_transfer(ctx: ArmContext, task: str, pretrained, splits=("val", "test"))
         else:
             ds = scoring_subset(ds, cfg, split)
         sets[split] = ds
-        feats[split] = _features(trunk, ds, views=8 if tta and split != "train" else 1)
+        feats[split] = trunk_features(trunk, ds, views=8 if tta and split != "train" else 1)
     clf, c, fit = _fit_svm(feats["train"], ctx.data, sets["train"], task, ctx.arm.svm_c, ctx.seed)
     ctx.decide("svm_c", reads=audit.reads([task], "train"), chose=c, grid=list(ctx.arm.svm_c), model=task, **fit)
     if fit["degenerate"]:
@@ -260,19 +260,6 @@ def svm_transfer(ctx: ArmContext, task: str, pretrained, splits=("val", "test"))
         scores[NO_TTA_SPLIT] = {task: {**scores["val"][task], "p": _svm_scores(clf, feats["val"][0][:1])}}
         sets[NO_TTA_SPLIT] = sets["val"]
     return scores, {s: sets[s] for s in scores}, c
-
-
-def _features(trunk, dataset, views: int = 1):
-    """(features (views, N, D), labels (N,)): ``views`` 8 is the dihedral group of each image."""
-    xs, ys = [], []
-    task = dataset.tasks[0]
-    device = next(trunk.parameters()).device
-    with torch.no_grad():
-        for batch in torch.utils.data.DataLoader(dataset, batch_size=128, collate_fn=collate):
-            x = batch["image"].to(device)
-            xs.append(np.stack([trunk(v).cpu().numpy() for v in (dihedral(x) if views > 1 else [x])]))
-            ys.append(batch["labels"][task].numpy())
-    return np.concatenate(xs, axis=1), np.concatenate(ys)
 
 
 # decision values whose spread over held-out images is below this are float noise, not a ranking
