@@ -46,7 +46,21 @@ def git_commit() -> str:
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}"
+    """Architecture, CPU count, and the CPU model and widest vector unit when Linux tells them: on two
+    machines of this workplace's one kind a ResNet-18 (28 px) training step took 2.0 s and 4.7 s."""
+    cpu = _cpu()
+    return f"{platform.machine()}, {os.cpu_count()} CPUs{f' ({cpu})' if cpu else ''}, {platform.system()}"
+
+
+def _cpu() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags), "")
+    return ", ".join(x for x in (model, isa) if x)
 
 
 def store(run_dir: Path, config: str, profile: str, seconds: float, command: str, commit: str | None = None) -> Path:
