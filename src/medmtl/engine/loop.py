@@ -89,18 +89,36 @@ def _train_labels(data, specs: dict) -> dict[str, np.ndarray]:
 
 class RankSlice(torch.utils.data.Sampler):
     """Under DDP every rank draws the same task-balanced order and keeps every world-th index,
-    so the ranks see disjoint samples and the sampler's resumable state stays one state."""
+    so the ranks see disjoint samples and the sampler's resumable state stays one state.
+
+    Every rank gets the same number of indices, ``ceil(n / world)``: the last ranks repeat the
+    epoch's first indices to fill up (as ``DistributedSampler`` pads), because a rank with one batch
+    fewer would wait forever in the others' gradient all-reduce.
+    """
 
     def __init__(self, sampler, rank: int, world: int):
         self.sampler, self.rank, self.world = sampler, rank, world
 
-    def __iter__(self):
-        for i, idx in enumerate(self.sampler):
-            if i % self.world == self.rank:
-                yield idx
+    def _remaining(self) -> int:
+        """Indices the sampler's next ``iter()`` yields (all of an epoch, or the rest of a resumed one)."""
+        n, done = len(self.sampler), getattr(self.sampler, "position", 0)
+        return n - done if done < n else n
 
     def __len__(self) -> int:
-        return (len(self.sampler) - self.rank + self.world - 1) // self.world
+        return -(-self._remaining() // self.world)
+
+    def __iter__(self):
+        n = self._remaining()
+        pad = len(self) * self.world - n
+        head = []
+        for i, idx in enumerate(self.sampler):
+            if len(head) < pad:
+                head.append(idx)
+            if i % self.world == self.rank:
+                yield idx
+        for i in range(n, n + pad):
+            if i % self.world == self.rank:
+                yield head[(i - n) % len(head)]
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -246,7 +264,7 @@ class Trainer:
             for p in trunk_params:
                 p.requires_grad_(False)
         try:
-            outputs = self.model(x, label_mask=mask)
+            outputs, penalty = self.model(x, label_mask=mask, with_penalty=True)
             per_sample = compute_losses(self.specs, outputs, {"labels": labels, "label_mask": mask, "image": x})
             means = {t: v.mean() for t, v in per_sample.items() if v.numel()}
             counts = {t: int(v.numel()) for t, v in per_sample.items()}
@@ -257,14 +275,12 @@ class Trainer:
                 total = torch.stack(list(means.values())).sum()
             else:
                 total, _ = self.weighting(means, counts=counts)
-                total = total + self.net.sharing_penalty()
+                total = total + penalty
                 self._check_finite({"total": total})
                 self.fabric.backward(total)
                 self._sync_weighting_grads()
             if tc.grad_rescale:
-                rows = {h: max((counts.get(t, 0) for t in head.task_names), default=0)
-                        for h, head in self.net.heads.items()}
-                optim.rescale_head_grads(self.net.heads, rows, len(x))
+                self._rescale_head_grads(counts, len(x))
             if tc.grad_clip:
                 self.fabric.clip_gradients(self.model, self.optimizer, max_norm=tc.grad_clip)
             self._warmup_lr(warming)
@@ -275,6 +291,18 @@ class Trainer:
                     p.requires_grad_(True)
         self.step += 1
         return {t: float(v.detach()) for t, v in means.items()}, counts, _correct(self.specs, outputs, labels)
+
+    def _rescale_head_grads(self, counts: dict[str, int], batch: int) -> None:
+        """Each head's gradient times B/|B_i| (``train.grad_rescale``). Under DDP the gradients are
+        already averaged over the ranks, so the factor is of the counts summed over the ranks: the
+        same on every rank (a per-rank factor would move the ranks' weights apart)."""
+        heads = list(self.net.heads)
+        rows = [max((counts.get(t, 0) for t in self.net.heads[h].task_names), default=0) for h in heads]
+        if self.fabric.world_size > 1:
+            both = self.fabric.all_reduce(torch.tensor([batch, *rows], dtype=torch.float64, device=self.fabric.device),
+                                          reduce_op="sum").cpu().tolist()
+            batch, rows = both[0], both[1:]
+        optim.rescale_head_grads(self.net.heads, dict(zip(heads, rows)), batch)
 
     def _sync_weighting_grads(self) -> None:
         """A weighting's own parameters (``uncertainty``'s log-variances) sit outside the DDP-wrapped
@@ -415,10 +443,17 @@ class Trainer:
             self.scheduler.step()
 
     def _adapt_bn(self) -> None:
+        """Batch-norm statistics re-estimated on the first training batches, which the first epoch
+        then trains on as usual (the sampler's position is put back), pooled over the DDP ranks."""
+        state = self.sampler.state_dict()
         it = iter(self.train_loader)
         batches = [next(it) for _ in range(min(self.cfg.train.bn_adapt_batches, len(self.train_loader)))]
+        del it     # a loader's workers fetch ahead: stop them before the sampler is rewound
+        self.sampler.load_state_dict(state)
         device = self.fabric.device
-        n = optim.adapt_batchnorm(self.net, batches, lambda b: self.net(b["image"].to(device)))
+        world = self.fabric.world_size
+        average = (lambda t: self.fabric.all_reduce(t, reduce_op="mean")) if world > 1 else None
+        n = optim.adapt_batchnorm(self.net, batches, lambda b: self.net(b["image"].to(device)), average=average)
         log.info("batch-norm statistics re-estimated on %d batches (%d layers)", len(batches), n)
 
     def _write_history(self) -> None:

@@ -142,13 +142,18 @@ def trunk_frozen(trunks: list[nn.Module]):
 
 
 @torch.no_grad()
-def adapt_batchnorm(model: nn.Module, batches, forward) -> int:
+def adapt_batchnorm(model: nn.Module, batches, forward, average=None) -> int:
     """Re-estimate batch-norm statistics on new data, keeping the network's eval outputs unchanged.
 
     Statistics learnt on another domain (ImageNet) mis-normalise a new one (Mormont et al. 2020,
     supplementary B). Running mean/var are replaced by the average over ``batches`` and the affine
     parameters are corrected so that y = g (x - mu) / s + b is the same function of x:
     g' = g s'/s and b' = b + g (mu' - mu) / s. Returns the number of layers adapted.
+
+    ``average`` (under DDP: the mean of a tensor over the ranks, each of which saw its own batches)
+    pools the statistics before the correction, so every rank ends with the same weights: the
+    pooled mean is the mean of the ranks' means, the pooled variance the mean of their second
+    moments less its square.
     """
     layers = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats and m.affine]
     old = {m: (m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in layers}
@@ -161,6 +166,11 @@ def adapt_batchnorm(model: nn.Module, batches, forward) -> int:
     for batch in batches:
         forward(batch)
         n += 1
+    if average is not None and n:
+        for m in layers:
+            mean = average(m.running_mean)
+            m.running_var.copy_(average(m.running_var + m.running_mean ** 2) - mean ** 2)
+            m.running_mean.copy_(mean)
     for m in layers:
         mu, var, momentum = old[m]
         s_old, s_new = torch.sqrt(var + m.eps), torch.sqrt(m.running_var + m.eps)

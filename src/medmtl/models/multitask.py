@@ -78,24 +78,29 @@ class MultiTaskModel(nn.Module):
             check_corresponding_parameters(self.trunks)
 
     # -- forward ----------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, label_mask: Mapping[str, torch.Tensor] | None = None) -> Outputs:
+    def forward(self, x: torch.Tensor, label_mask: Mapping[str, torch.Tensor] | None = None,
+                with_penalty: bool = False):
         """Run every head on its routed rows.
 
         Args:
             x: images (B, C, H, W).
             label_mask: ``{task: bool (B,)}``; a task missing from it has no labelled row. ``None``
                 (inference) routes every row to every head.
+            with_penalty: also return :meth:`sharing_penalty`, computed here so that DDP finds
+                every trunk in the forward's graph (one that got no rows in this batch would
+                otherwise be marked unused and then receive the penalty's gradient twice).
 
         Returns:
-            ``{task: (output, rows)}`` where ``rows`` (long, on ``x``'s device) are the batch rows
-            ``output`` covers, in batch order: the rows labelled for that task (every row when
-            ``label_mask`` is None). A head serving several tasks runs on the rows any of them
-            labels (its tasks' outputs may depend on each other); each task then gets its own
-            rows. Tasks without a labelled row are absent.
+            ``{task: (output, rows)}`` (and the penalty, with ``with_penalty``) where ``rows`` (long,
+            on ``x``'s device) are the batch rows ``output`` covers, in batch order: the rows
+            labelled for that task (every row when ``label_mask`` is None). A head serving several
+            tasks runs on the rows any of them labels (its tasks' outputs may depend on each
+            other); each task then gets its own rows. Tasks without a labelled row are absent.
         """
         routes = self.route(label_mask, x.shape[0], x.device)
         out = self._forward_hard(x, routes) if self.sharing == "hard" else self._forward_soft(x, routes)
-        return out if label_mask is None else _own_rows(out, label_mask)
+        out = out if label_mask is None else _own_rows(out, label_mask)
+        return (out, self.sharing_penalty()) if with_penalty else out
 
     def route(self, label_mask: Mapping[str, torch.Tensor] | None, batch_size: int,
               device: torch.device) -> dict[str, torch.Tensor]:
