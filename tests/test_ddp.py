@@ -166,3 +166,32 @@ def test_rank_slices_are_equal_disjoint_until_padding_and_cover_the_epoch(n, wor
     flat = [i for s in slices for i in s]
     assert sorted(set(flat)) == sorted(order) and len(flat) == per * world
     assert all(s[:len(order[r::world])] == order[r::world] for r, s in enumerate(slices))
+
+
+def test_run_with_devices_trains_each_arm_on_two_processes_and_scores_once(tmp_path, shared_cache):
+    """``medmtl run --devices 2``: only each arm's training runs on two processes; the arms, the
+    scoring, the results and the report happen once, in the command's own process."""
+    import pandas as pd
+    import yaml
+
+    need_data("medmnist")
+    raw = _raw(shared_cache, tmp_path / "exp", batch=8, devices=1)
+    raw["experiment"] = {"main_task": "breastmnist", "seeds": [0], "tta": False,
+                         "arms": [{"name": "stl", "strategy": "stl"},
+                                  {"name": "mtl", "strategy": "mtl", "tasks": ["breastmnist", "retinamnist"]}]}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "MEDMTL_DATA": os.environ.get("MEDMTL_DATA", str(REPO.parent / "shared" / "datasets"))}
+    out = subprocess.run([sys.executable, "-m", "medmtl.cli", "run", str(path), "--devices", "2", "--no-progress"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Starting with 2 processes" in out.stdout + out.stderr
+    assert out.stdout.count("results: ") == 1
+    pred = pd.read_csv(tmp_path / "exp" / "results" / "predictions.csv")
+    assert set(pred["arm"]) == {"stl", "mtl"} and not pred.duplicated(["arm", "seed", "split", "id"]).any()
+    for arm in ("stl", "mtl"):
+        saved = yaml.safe_load((tmp_path / "exp" / "arms" / arm / "seed0" / "config.yaml").read_text())
+        assert saved["train"]["devices"] == 2
+        assert json.loads((tmp_path / "exp" / "arms" / arm / "seed0" / "metrics.json").read_text())["processes"] == 2
+        assert len((tmp_path / "exp" / "arms" / arm / "seed0" / "history.csv").read_text().splitlines()) == 2
+    assert (tmp_path / "exp" / "report" / "report.html").is_file()

@@ -61,6 +61,15 @@ def listed_result_trial(params: dict, trial_dir: Path):
     return [params["seed"]]
 
 
+def gpu_probe_trial(params: dict, trial_dir: Path) -> dict:
+    """What a Ray trial was given: its GPU ids and the devices CUDA would see."""
+    import ray
+
+    time.sleep(params.get("sleep", 0))
+    return {"gpu_ids": [str(g) for g in ray.get_gpu_ids()], "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "end": time.time()}
+
+
 def _scores(records: list[dict]) -> dict[str, float]:
     return {r["name"]: r["result"]["score"] for r in records}
 
@@ -199,6 +208,8 @@ def test_a_finished_trial_with_another_base_config_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(("options", "match"), [
+    ({"gpus_per_trial": -1}, r"gpus_per_trial=-1 must be a number >= 0"),
+    ({"gpus_per_trial": 1.5}, r"gpus_per_trial=1\.5 must be .* a whole number of GPUs"),
     ({"workers": 0}, r"workers=0 must be a positive integer"),
     ({"cpus_per_trial": 1.5}, r"cpus_per_trial=1\.5 must be a positive integer"),
     ({"ray_address": ""}, r"ray_address='' must be a Ray address"),
@@ -233,3 +244,24 @@ def test_ray_workers_run_trials_concurrently_resume_and_match_sequential(tmp_pat
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), spans   # two at a time
     assert (tmp_path / "grid" / "ray").is_dir()
     assert all((Path(r["trial_dir"]) / "artefact.txt").exists() for r in records)
+
+
+def test_ray_trials_reserve_their_share_of_a_gpu(tmp_path):
+    """Two trials at ``gpus_per_trial=0.5`` on a Ray instance with one (logical) GPU: each is given
+    GPU 0 and sees it, and they share it at the same time. A trial that reserves none sees none."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR)
+    try:
+        shared = run_grid(expand_grid(_base(tmp_path, sleep=2.0), {"seed": [0, 1]}), gpu_probe_trial,
+                          tmp_path / "half", workers=2, gpus_per_trial=0.5, progress=False)
+        none = run_grid(expand_grid(_base(tmp_path), {"seed": [0]}), gpu_probe_trial, tmp_path / "none",
+                        workers=2, gpus_per_trial=0, progress=False)
+    finally:
+        ray.shutdown()
+    assert [r["status"] for r in shared] == ["done", "done"]
+    assert all(r["result"]["gpu_ids"] == ["0"] and r["result"]["visible"] == "0" for r in shared)
+    ends = sorted(r["result"]["end"] for r in shared)
+    assert ends[1] - ends[0] < 2.0                       # both held half of the GPU at once (2 s sleeps)
+    assert none[0]["result"]["gpu_ids"] == [] and not none[0]["result"]["visible"]

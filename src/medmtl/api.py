@@ -73,14 +73,16 @@ def train(config: str | Path | ExperimentConfig | None = None, *, resume: str | 
 
 
 def run(config: str | Path | ExperimentConfig, *, profile: str | None = None, quick: bool = False,
-        progress: bool = True, workers: int = 1, ray_address: str | None = None) -> Path:
+        progress: bool = True, workers: int = 1, ray_address: str | None = None,
+        devices: int | None = None, gpus_per_trial: float | None = None) -> Path:
     """Every arm x seed of the experiment (and its LOTO protocol), then the report; returns the run dir.
 
-    See :func:`medmtl.protocols.run_experiment` for ``profile``, ``workers`` and ``ray_address``.
+    See :func:`medmtl.protocols.run_experiment` for ``profile``, ``workers``, ``ray_address``, ``devices``
+    and ``gpus_per_trial``.
     """
     cfg = _config(config)
     run_dir = run_experiment(cfg, profile=profile, quick=quick, progress=progress, workers=workers,
-                             ray_address=ray_address)
+                             ray_address=ray_address, devices=devices, gpus_per_trial=gpus_per_trial)
     if cfg.experiment is not None:
         write_report(run_dir)
     return run_dir

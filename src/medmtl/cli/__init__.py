@@ -80,11 +80,16 @@ def run(
                                 help="Run arms x seeds as this many parallel trials on a local Ray instance."),
     ray_address: str = typer.Option(None, "--ray-address",
                                     help="Run the trials on an existing Ray cluster ('auto' or 'ray://host:10001')."),
+    devices: int = typer.Option(None, "--devices", min=1,
+                                help="Train each model on this many devices (DDP; data.batch_size is per device)."),
+    gpus_per_trial: float = typer.Option(None, "--gpus-per-trial", min=0,
+                                         help="GPUs each parallel trial reserves (0.5: two trials per GPU; "
+                                              "default 1 when CUDA is present, else 0)."),
 ) -> None:
     """Run a comparison of strategies: every arm and seed, test scores, results and report."""
     try:
         out = api.run(config, profile=profile, quick=quick, progress=progress and sys.stderr.isatty(),
-                      workers=workers, ray_address=ray_address)
+                      workers=workers, ray_address=ray_address, devices=devices, gpus_per_trial=gpus_per_trial)
     except (MedmtlError, KeyError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(f"results: {out / 'results'}")

@@ -102,6 +102,19 @@ class PreparedData:
     excluded_val: dict[str, np.ndarray] = field(default_factory=dict)  # task -> rows kept out of validation
     leakage: dict = field(default_factory=dict)                     # filled by the leakage guard
     cache_dir: Path | None = None                                   # decode cache root (cached matches)
+    # the config dump they were prepared from: another process (a DDP rank) prepares the same data
+    prepared_from: dict | None = field(default=None, repr=False, compare=False)
+
+    def fingerprint(self) -> str:
+        """A digest of every task's labels and split rows (after the leakage guard): equal digests,
+        equal training and evaluation data."""
+        h = hashlib.blake2b(digest_size=16)
+        for task in sorted(self.tasks):
+            h.update(task.encode())
+            h.update(np.ascontiguousarray(self.labels[task]).tobytes())
+            for split in ("train", "val", "test"):
+                h.update(self.rows(task, split).tobytes())
+        return h.hexdigest()
 
     def source_of(self, task: str) -> SourceData:
         return self.sources[self.tasks[task].source]
@@ -310,6 +323,8 @@ def prepare(cfg, *, progress: bool = True, write_splits: bool = True) -> Prepare
         known = json.loads(path.read_text()) if path.is_file() else {}
         path.write_text(json.dumps({**known, **thresholds}, indent=2))
     apply_leakage_guard(data, cfg.leakage)
+    dump = getattr(cfg, "model_dump", None)
+    data.prepared_from = dump(mode="json") if dump else None
     return data
 
 

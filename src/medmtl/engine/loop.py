@@ -416,7 +416,7 @@ class Trainer:
         if self.fabric.is_global_zero:
             (self.run_dir / "metrics.json").write_text(json.dumps(
                 {"best_epoch": self.best["epoch"], "monitor": self.best["monitor"], "val": self.best["metrics"],
-                 "selection": selection}, indent=2, default=float))
+                 "selection": selection, "processes": self.fabric.world_size}, indent=2, default=float))
         return FitResult(self.run_dir, self.best["epoch"], self.best["monitor"], self.best["metrics"],
                          self.history, stopped, self.mode, selection)
 
@@ -534,9 +534,17 @@ def _spec_dicts(specs: dict) -> list[dict]:
 
 def fit(cfg, data, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> FitResult:
     """Train ``cfg``'s model on prepared ``data`` into ``run_dir``; ``resume`` continues from
-    ``run_dir/checkpoints/last.ckpt`` (after a crash or a kill -9)."""
+    ``run_dir/checkpoints/last.ckpt`` (after a crash or a kill -9).
+
+    With ``train.devices`` N > 1, called outside a distributed job, the training alone runs on N new
+    processes (DDP) and this process waits for its result: whatever the caller does before and after
+    (an experiment's other arms, scoring, the report) happens once. Inside a job launched from outside
+    (``torchrun``, a cluster's scheduler: ``LOCAL_RANK`` is set), this process is one of the ranks.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.devices > 1 and not _in_distributed_job():
+        return _fit_on_new_processes(cfg, data, run_dir, resume=resume, progress=progress)
     trainer = Trainer(cfg, data, run_dir, progress=progress)
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume:
@@ -545,3 +553,63 @@ def fit(cfg, data, run_dir: str | Path, *, resume: bool = False, progress: bool 
         trainer.load_state(ckpt.load(last))
         log.info("resumed from %s at epoch %d", last, trainer.epoch)
     return trainer.fit()
+
+
+# -- DDP on new processes --------------------------------------------------------------------
+RESULT_FILE = ".fit_result.pkl"
+
+
+def _in_distributed_job() -> bool:
+    return "LOCAL_RANK" in os.environ or (torch.distributed.is_available() and torch.distributed.is_initialized())
+
+
+def _fit_on_new_processes(cfg, data, run_dir: Path, *, resume: bool, progress: bool) -> FitResult:
+    """``fit`` on ``train.devices`` spawned ranks (a fresh interpreter each, as CUDA needs); each rank
+    prepares the data again from the config they came from and checks it got the same data."""
+    import pickle
+    import socket
+
+    import torch.multiprocessing as mp
+
+    if data.prepared_from is None:
+        raise MedmtlError("train.devices > 1 needs data made by medmtl.data.pipeline.prepare: each DDP process "
+                          "prepares them again from the config they were prepared from")
+    with socket.socket() as sock:        # a free port for the ranks' rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (run_dir / RESULT_FILE).unlink(missing_ok=True)
+    levels = {name: logging.getLogger(name).getEffectiveLevel() for name in ("", "medmtl", EPOCH_LOG)}
+    log.info("%s: training on %d processes (DDP)", run_dir, cfg.train.devices)
+    mp.start_processes(_rank_main, nprocs=cfg.train.devices, start_method="spawn",
+                       args=(cfg.model_dump(mode="json"), data.prepared_from, data.fingerprint(), str(run_dir),
+                             resume, progress, port, cfg.train.devices, levels))
+    path = run_dir / RESULT_FILE
+    result = pickle.loads(path.read_bytes())
+    path.unlink()
+    return result
+
+
+def _rank_main(rank: int, cfg_raw: dict, data_raw: dict, fingerprint: str, run_dir: str, resume: bool,
+               progress: bool, port: int, world: int, levels: dict) -> None:
+    """One spawned DDP rank: the environment a launcher would set, the same data, then ``fit``."""
+    import pickle
+
+    from medmtl.config import parse_config
+    from medmtl.data.pipeline import prepare
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), NODE_RANK="0",
+                      LOCAL_RANK=str(rank), RANK=str(rank))
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    for name, level in levels.items():
+        logging.getLogger(name or None).setLevel(level if rank == 0 else max(level, logging.WARNING))
+    logging.getLogger("medmtl.data").setLevel(logging.ERROR)    # the caller has said it all about the data
+    data = prepare(parse_config(data_raw, "DDP rank: data config"), progress=False, write_splits=False)
+    if data.fingerprint() != fingerprint:
+        raise MedmtlError(f"DDP rank {rank}: the data prepared again from their config differ from the caller's "
+                          "(labels or split rows changed after preparation); train on one device")
+    result = fit(parse_config(cfg_raw, "DDP rank: training config"), data, run_dir, resume=resume,
+                 progress=progress and rank == 0)
+    if rank == 0:
+        tmp = Path(run_dir) / f"{RESULT_FILE}.tmp"
+        tmp.write_bytes(pickle.dumps(result))
+        tmp.replace(Path(run_dir) / RESULT_FILE)

@@ -16,7 +16,7 @@ from pathlib import Path
 from medmtl.config import parse_config
 from medmtl.data.pipeline import prepare
 from medmtl.errors import ConfigError, MedmtlError
-from medmtl.execution._run import run_grid
+from medmtl.execution._run import check_gpus_per_trial, run_grid
 from medmtl.execution._trial import TrialFn
 
 _PREPARED: dict[str, tuple] = {}   # config key -> (config, prepared data), in this process
@@ -29,10 +29,13 @@ class Executor:
 
     workers: int = 1
     ray_address: str | None = None
+    gpus_per_trial: float | None = None    # None: 1 when CUDA is present (see run_grid)
 
     def __post_init__(self):
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"workers={self.workers!r} must be a positive integer")
+        if self.gpus_per_trial is not None:
+            check_gpus_per_trial(self.gpus_per_trial)
 
     @property
     def parallel(self) -> bool:
@@ -45,7 +48,7 @@ class Executor:
             return
         cpus = max(1, (os.cpu_count() or 1) // self.workers) if self.ray_address is None else 1
         records = run_grid(trials, fn, out_dir, workers=self.workers, ray_address=self.ray_address,
-                           cpus_per_trial=cpus, progress=False)
+                           cpus_per_trial=cpus, gpus_per_trial=self.gpus_per_trial, progress=False)
         failed = [r for r in records if r["status"] == "failed"]
         if failed:
             raise MedmtlError(f"{len(failed)} {what} trial(s) failed: " + "; ".join(

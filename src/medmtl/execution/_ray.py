@@ -28,7 +28,7 @@ _RAY_ENV = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISA
 
 
 def run_on_ray(pending: list[Trial], fn: TrialFn, out_dir: Path, *, workers: int, ray_address: str | None,
-               cpus_per_trial: int, progress: bool) -> dict[str, dict]:
+               cpus_per_trial: int, progress: bool, gpus_per_trial: float = 0.0) -> dict[str, dict]:
     """Run ``pending`` as Ray Tune trials; returns each trial's outcome as read back from its directory."""
     import ray  # lazy: Ray is the optional parallel backend (--workers, --ray-address)
 
@@ -36,7 +36,7 @@ def run_on_ray(pending: list[Trial], fn: TrialFn, out_dir: Path, *, workers: int
         started = _connect(ray, workers=workers, cpus_per_trial=cpus_per_trial, ray_address=ray_address)
         try:
             tune_errors = _fit(pending, fn, out_dir, workers=workers, ray_address=ray_address,
-                               cpus_per_trial=cpus_per_trial, progress=progress)
+                               cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, progress=progress)
         finally:
             if started:   # a Ray instance the caller set up is theirs to shut down
                 ray.shutdown()
@@ -61,7 +61,7 @@ def _connect(ray, *, workers: int, cpus_per_trial: int, ray_address: str | None)
 
 
 def _fit(pending: list[Trial], fn: TrialFn, out_dir: Path, *, workers: int, ray_address: str | None,
-         cpus_per_trial: int, progress: bool) -> dict[str, str]:
+         cpus_per_trial: int, gpus_per_trial: float, progress: bool) -> dict[str, str]:
     """Run the Tune experiment; returns Tune's error text for trials that died outside ``fn``."""
     from ray import tune  # lazy: as ray above
 
@@ -70,7 +70,8 @@ def _fit(pending: list[Trial], fn: TrialFn, out_dir: Path, *, workers: int, ray_
     # On a cluster with workers=1 the cluster's free CPUs set the concurrency, not a cap of one.
     limit = workers if ray_address is None or workers > 1 else None
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": cpus_per_trial}),
+        # a trial that reserves no GPU gets CUDA_VISIBLE_DEVICES="" from Ray: it would train on the CPU
+        tune.with_resources(trainable, {"cpu": cpus_per_trial, **({"gpu": gpus_per_trial} if gpus_per_trial else {})}),
         param_space={"trial_id": tune.grid_search(list(jobs))},
         # reuse_actors: a fresh actor per trial costs seconds (a process importing ray.tune and
         # torch), which would eat much of the speed-up on short trials.

@@ -17,7 +17,8 @@ log = logging.getLogger("medmtl.execution")
 
 
 def run_grid(trials: Iterable[Trial], fn: TrialFn, out_dir: str | Path, *, workers: int = 1,
-             ray_address: str | None = None, cpus_per_trial: int = 1, progress: bool = True) -> list[dict]:
+             ray_address: str | None = None, cpus_per_trial: int = 1, gpus_per_trial: float | None = None,
+             progress: bool = True) -> list[dict]:
     """Run every trial that has not finished yet, one ``fn`` call per trial.
 
     With ``workers=1`` and no ``ray_address`` trials run one after another in this process.
@@ -35,6 +36,10 @@ def run_grid(trials: Iterable[Trial], fn: TrialFn, out_dir: str | Path, *, worke
         workers: Trials run at the same time.
         ray_address: Address of an existing Ray cluster (``"auto"`` or ``"ray://host:10001"``).
         cpus_per_trial: CPUs reserved for, and torch threads used by, each trial.
+        gpus_per_trial: GPUs each Ray trial reserves (Ray makes only those visible to it; a trial
+            that reserves none sees no GPU and trains on the CPU). A fraction shares a GPU between
+            trials (0.5: two per GPU); above 1 it must be whole. ``None``: 1 when this process sees
+            a CUDA GPU, else 0. On a cluster whose driver has no GPU, give it.
         progress: Show a progress bar.
 
     Returns:
@@ -53,6 +58,7 @@ def run_grid(trials: Iterable[Trial], fn: TrialFn, out_dir: str | Path, *, worke
     """
     trials = list(trials)
     _check_options(workers=workers, ray_address=ray_address, cpus_per_trial=cpus_per_trial)
+    gpus_per_trial = check_gpus_per_trial(gpus_per_trial)
     _check_unique(trials)
     out_dir = Path(out_dir).resolve()   # Ray workers may run in another working directory
     cached = _finished(trials, out_dir)
@@ -62,7 +68,7 @@ def run_grid(trials: Iterable[Trial], fn: TrialFn, out_dir: str | Path, *, worke
         outcomes.update(_run_sequential(pending, fn, out_dir, threads=cpus_per_trial, progress=progress))
     elif pending:
         outcomes.update(run_on_ray(pending, fn, out_dir, workers=workers, ray_address=ray_address,
-                                   cpus_per_trial=cpus_per_trial, progress=progress))
+                                   cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, progress=progress))
     records = [_record(t, out_dir, cached.get(t.trial_id), outcomes[t.trial_id]) for t in trials]
     _report(records)
     return records
@@ -75,6 +81,18 @@ def _check_options(*, workers: Any, ray_address: Any, cpus_per_trial: Any) -> No
     if ray_address is not None and (not isinstance(ray_address, str) or not ray_address):
         raise ConfigError(f"ray_address={ray_address!r} must be a Ray address such as 'auto' or "
                           "'ray://host:10001', or None for a local run")
+
+
+def check_gpus_per_trial(value: Any) -> float:
+    """``gpus_per_trial`` as a number of GPUs (``None``: 1 when CUDA is present here, else 0)."""
+    if value is None:
+        import torch
+
+        return 1.0 if torch.cuda.is_available() else 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or (value > 1 and value % 1):
+        raise ConfigError(f"gpus_per_trial={value!r} must be a number >= 0: a fraction of one GPU (0.5 shares "
+                          "a GPU between two trials) or a whole number of GPUs")
+    return float(value)
 
 
 def _check_unique(trials: list[Trial]) -> None:

@@ -66,7 +66,8 @@ def apply_quick(cfg):
 
 
 def run_experiment(cfg, *, profile: str | None = None, quick: bool = False, progress: bool = True,
-                   workers: int = 1, ray_address: str | None = None) -> Path:
+                   workers: int = 1, ray_address: str | None = None, devices: int | None = None,
+                   gpus_per_trial: float | None = None) -> Path:
     """Train and score every arm (of every application); returns the run dir holding ``results/``.
 
     ``profile`` applies one of the config's profiles first (``quick=True`` is ``profile="quick"``).
@@ -74,8 +75,14 @@ def run_experiment(cfg, *, profile: str | None = None, quick: bool = False, prog
     ``ray_address`` on an existing Ray cluster; results are the same files either way, and
     finished arms are never run again. Every name in the config is checked first
     (:func:`check_config`), so a misspelled strategy of the last arm stops the run before any training.
+    ``devices`` (``train.devices``) trains each model on that many DDP processes, one training at a
+    time; everything else runs once, in this process. ``gpus_per_trial``: what each parallel trial
+    reserves (see :func:`medmtl.execution.run_grid`).
     """
-    executor = Executor(workers, ray_address)
+    if devices is not None and devices > 1 and (workers > 1 or ray_address):
+        raise ConfigError(f"--devices {devices} with parallel trials (--workers / --ray-address): each would "
+                          "start its own DDP processes on the same devices; choose one of the two")
+    executor = Executor(workers, ray_address, gpus_per_trial)
     if cfg.experiment is None and cfg.loto is None:
         raise ConfigError("this config has neither an 'experiment' section (arms to compare) nor a 'loto' "
                           "section; use 'medmtl train' for one model")
@@ -84,6 +91,8 @@ def run_experiment(cfg, *, profile: str | None = None, quick: bool = False, prog
     profile = "quick" if quick else profile
     if profile is not None:
         cfg = apply_profile(cfg, profile)
+    if devices is not None:
+        cfg = override_config(cfg, {"train.devices": devices}, "--devices")
     check_config(cfg)
     run_dir = Path(cfg.run_dir)
     _check_same_profile(cfg, run_dir)
