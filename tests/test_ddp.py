@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +196,15 @@ def test_run_with_devices_trains_each_arm_on_two_processes_and_scores_once(tmp_p
         assert json.loads((tmp_path / "exp" / "arms" / arm / "seed0" / "metrics.json").read_text())["processes"] == 2
         assert len((tmp_path / "exp" / "arms" / arm / "seed0" / "history.csv").read_text().splitlines()) == 2
     assert (tmp_path / "exp" / "report" / "report.html").is_file()
+
+
+def test_a_ddp_checkpoint_keeps_every_ranks_random_state(ddp_runs):
+    """rank 0 alone writes last.ckpt, with every rank's generator states in rank order, so that a
+    resumed rank continues its own draws (on a GPU: its own device's), not rank 0's."""
+    from medmtl.engine import checkpoint as ckpt
+
+    _finished(ddp_runs["grad_rescale"])
+    state = ckpt.load(Path(ddp_runs["grad_rescale"]["config"]["run_dir"]) / "checkpoints" / "last.ckpt")
+    assert len(state["rng_ranks"]) == 2 and state["rng"] is not None
+    assert all(set(r) == {"torch", "numpy", "python", "cuda"} for r in state["rng_ranks"])
+    assert torch.equal(state["rng"]["torch"], state["rng_ranks"][0]["torch"])

@@ -310,18 +310,16 @@ def test_a_gradient_based_weighting_is_refused_with_fp16_or_ddp(tmp_path, shared
         Trainer(cfg, medmnist_data, tmp_path / "run", progress=False)
 
 
-def test_determinism_switch_sets_torch_and_cudnn_state(monkeypatch):
+def test_determinism_switch_sets_torch_and_cudnn_state():
     """``train.deterministic`` (default on) picks reproducible kernels; off lets cuDNN benchmark."""
     from medmtl.engine.loop import set_determinism
 
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     try:
         set_determinism(False)
         assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
         set_determinism(True)
-        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
-        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     finally:
         set_determinism(True)
 
@@ -374,3 +372,23 @@ def test_a_checkpoint_saved_when_early_stopping_fired_trains_no_more(tmp_path, s
     assert result.stopped_early and trainer.epoch == 3 and trainer.history == []
     fresh = Trainer(cfg, medmnist_data, tmp_path / "run2", progress=False)
     assert fresh.bad_epochs == 0 and len(fresh.fit().history) >= 3   # patience 2: at least 3 epochs
+
+
+def test_determinism_is_strict_and_a_kernel_without_one_is_named(tmp_path, shared_cache, medmnist_data, monkeypatch):
+    """train.deterministic: torch raises (not warns) on a kernel with no deterministic version, and
+    the loop says which, and what to set instead; cuBLAS's workspace is set once medmtl is imported."""
+    import medmtl.engine.loop as loop
+
+    cfg, _ = _cfg(tmp_path, shared_cache, epochs=1)
+    trainer = Trainer(cfg, medmnist_data, tmp_path / "run", progress=False)
+    assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] in (":4096:8", ":16:8")
+
+    def no_kernel(*a, **k):
+        raise RuntimeError("upsample_bilinear2d_backward_out_cuda does not have a deterministic implementation, "
+                           "but you set 'torch.use_deterministic_algorithms(True)'.\nmore")
+
+    monkeypatch.setattr(loop, "compute_losses", no_kernel)
+    with pytest.raises(TrainingError, match=r"step 0: upsample_bilinear2d_backward_out_cuda does not have .* "
+                                            r"With train.deterministic: false"):
+        trainer.train_step(next(iter(trainer.train_loader)))

@@ -165,3 +165,31 @@ def test_probabilities_per_kind():
     assert torch.allclose(det, torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5]]))
     with pytest.raises(ValueError, match="task kind 'regression' has no probability form"):
         to_probabilities("regression", logits)
+
+
+@pytest.mark.parametrize("src, dst", [((7, 9), (28, 28)), ((28, 28), (13, 7)), ((4, 4), (4, 4)), ((1, 5), (3, 10))])
+def test_matmul_bilinear_resize_equals_torchs_values_and_gradients(src, dst):
+    """The deterministic-GPU form of bilinear resizing (two matrix products) against torch's kernel."""
+    from medmtl.models.heads._ops import resize_bilinear
+
+    x = torch.randn(2, 3, *src, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, *dst, dtype=torch.float64)
+    ref = torch.nn.functional.interpolate(x, size=dst, mode="bilinear", align_corners=False)
+    (grad_ref,) = torch.autograd.grad((ref * g).sum(), x)
+    out = resize_bilinear(x, dst, matmul=True)
+    (grad,) = torch.autograd.grad((out * g).sum(), x)
+    assert torch.allclose(out, ref, atol=1e-10) and torch.allclose(grad, grad_ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("side, size", [(8, 4), (7, 4), (5, 4), (3, 4), (13, 1)])
+def test_matmul_adaptive_pool_equals_torchs_values_and_gradients(side, size):
+    from medmtl.models.heads._ops import AdaptiveAvgPool, adaptive_avg_pool
+
+    x = torch.randn(2, 3, side, side + 1, dtype=torch.float64, requires_grad=True)
+    ref = torch.nn.functional.adaptive_avg_pool2d(x, size)
+    g = torch.randn_like(ref)
+    (grad_ref,) = torch.autograd.grad((ref * g).sum(), x)
+    out = adaptive_avg_pool(x, size, matmul=True)
+    (grad,) = torch.autograd.grad((out * g).sum(), x)
+    assert torch.allclose(out, ref, atol=1e-10) and torch.allclose(grad, grad_ref, atol=1e-10)
+    assert torch.equal(AdaptiveAvgPool(size)(x), ref)        # on the CPU: torch's own kernel

@@ -188,12 +188,22 @@ class Trainer:
         return list(net.trunks.values()) if getattr(net, "sharing", "hard") == "soft" else [net.trunk]
 
     # -- state --------------------------------------------------------------------------------
-    def state(self) -> dict:
+    def rng_states(self) -> list[dict]:
+        """Every rank's random generator states, in rank order (call on every rank: it gathers)."""
+        mine = ckpt.rng_state()
+        if self.fabric.world_size == 1:
+            return [mine]
+        every = [None] * self.fabric.world_size
+        torch.distributed.all_gather_object(every, mine)
+        return every
+
+    def state(self, rng: list[dict] | None = None) -> dict:
+        rng = rng or [ckpt.rng_state()]
         return {
             "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else {},
             "sampler": self.sampler.state_dict(), "weighting": self.weighting.state_dict(),
-            "rng": ckpt.rng_state(), "epoch": self.epoch, "step": self.step, "best": self.best,
+            "rng": rng[0], "rng_ranks": rng, "epoch": self.epoch, "step": self.step, "best": self.best,
             "bad_epochs": self.bad_epochs, "history": self.history, "tasks": _spec_dicts(self.specs),
             # fp16's loss scale (empty otherwise): a resumed run must skip the same overflowing steps
             "precision": self.fabric.strategy.precision.state_dict(),
@@ -208,7 +218,10 @@ class Trainer:
         self.weighting.load_state_dict(state["weighting"])
         if state.get("precision"):
             self.fabric.strategy.precision.load_state_dict(state["precision"])
-        ckpt.set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        rank = self.fabric.global_rank
+        # the same world size: each rank continues its own draws; another: every rank takes rank 0's
+        ckpt.set_rng_state(ranks[rank] if len(ranks) == self.fabric.world_size else ranks[0])
         self.epoch, self.step = state["epoch"], state["step"]
         self.best, self.bad_epochs, self.history = state["best"], state["bad_epochs"], state["history"]
 
@@ -285,6 +298,12 @@ class Trainer:
                 self.fabric.clip_gradients(self.model, self.optimizer, max_norm=tc.grad_clip)
             self._warmup_lr(warming)
             self.optimizer.step()
+        except RuntimeError as exc:
+            if "deterministic" not in str(exc):
+                raise
+            raise TrainingError(f"step {self.step}: {str(exc).splitlines()[0]} With train.deterministic: false the "
+                                "run uses the fastest kernels (the same seed then gives close, not equal, "
+                                "numbers on a GPU).") from exc
         finally:
             if warming:
                 for p in trunk_params:
@@ -398,8 +417,9 @@ class Trainer:
                                      self.ckpt_dir / "best.ckpt")
             else:
                 self.bad_epochs += 1
+            rng = self.rng_states()
             if rank0:
-                ckpt.save_atomic(self.state(), self.ckpt_dir / "last.ckpt")
+                ckpt.save_atomic(self.state(rng), self.ckpt_dir / "last.ckpt")
                 self._write_history()
             self._log_mlflow(row)
             log.info("epoch %d: %s", self.epoch, {k: v for k, v in row.items() if k.startswith("val_")})
@@ -475,14 +495,14 @@ class Trainer:
 def set_determinism(deterministic: bool) -> None:
     """Deterministic kernels or the fastest ones (Fabric, unlike Lightning's Trainer, has no switch).
 
-    Process-wide torch state; cuBLAS reads its workspace setting when its handle is made, which is
-    why it is set here, before the first GPU matrix product, and only if the user has not.
+    Strict: an operation without a deterministic kernel raises instead of warning. medmtl's own
+    heads avoid the two that lack one on CUDA (bilinear resizing and adaptive pooling backward;
+    ``medmtl.models.heads._ops``); :meth:`Trainer.train_step` turns any other into an error that
+    names it. Process-wide torch state; ``CUBLAS_WORKSPACE_CONFIG`` is set when medmtl is imported.
     """
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic)
 
 
 def _check_fabric_options(tc, weighting_meta) -> None:

@@ -6,6 +6,7 @@ from torch import nn
 
 from medmtl.models.heads._base import HEADS, Features, Head
 from medmtl.models.heads._common import check_head_tasks
+from medmtl.models.heads._ops import AdaptiveAvgPool
 
 
 def box_output(raw: torch.Tensor) -> torch.Tensor:
@@ -52,7 +53,7 @@ class BoxHead(Head):
         tasks = check_head_tasks("box", tasks)
         chs = feature_info[-1]["num_chs"]
         self.mlp = nn.ModuleDict({
-            t.name: nn.Sequential(nn.AdaptiveAvgPool2d(pool_size), nn.Flatten(),
+            t.name: nn.Sequential(AdaptiveAvgPool(pool_size), nn.Flatten(),
                                   nn.Linear(chs * pool_size * pool_size, hidden_features), nn.ReLU(),
                                   nn.Dropout(drop_rate), nn.Linear(hidden_features, 5))
             for t in tasks})

@@ -9,6 +9,7 @@ from torch import nn
 from medmtl.kinds import DENSE_KINDS, SINGLE_LABEL_KINDS
 from medmtl.models.heads._base import HEADS, Features, Head
 from medmtl.models.heads._common import check_head_tasks
+from medmtl.models.heads._ops import AdaptiveAvgPool, resize_bilinear
 from medmtl.models.heads.box import box_output
 from medmtl.models.heads.segmentation import _UpBlock, decoder_widths
 
@@ -109,7 +110,7 @@ class FeatureTransferHead(Head):
         self.up = nn.ModuleList(_UpBlock(i, s, o) for i, s, o in zip(ins, skips, chans))
         self.seg_logits = nn.Conv2d(chans[-1], 1, 1)
         self.det_conv = _conv_bn_relu(deep, det_channels, 3)
-        self.det_mlp = nn.Sequential(nn.AdaptiveAvgPool2d(pool_size), nn.Flatten(),
+        self.det_mlp = nn.Sequential(AdaptiveAvgPool(pool_size), nn.Flatten(),
                                      nn.Linear(det_channels * pool_size * pool_size, hidden_features), nn.ReLU(),
                                      nn.Dropout(drop_rate), nn.Linear(hidden_features, 5))
         self.cls_conv = nn.Conv2d(deep, cls_channels, 1)
@@ -131,7 +132,7 @@ class FeatureTransferHead(Head):
         det_map = self.det_conv(deep)
         grid = deep.shape[-2:]
         fused = self.cls_conv(deep) + self.from_det(det_map) + \
-            F.interpolate(self.from_seg(early), size=grid, mode="bilinear", align_corners=False)
+            resize_bilinear(self.from_seg(early), grid)
         vec = self.cls_drop(F.relu(fused).mean(dim=(2, 3)))
         out = {name: clf(vec) for name, clf in self.classifiers.items()}
         x = early
@@ -140,7 +141,6 @@ class FeatureTransferHead(Head):
                 x = self.up[k](x, skip)
             if self.gates is not None:
                 x = x * self.gates[k](vec).sigmoid()[:, :, None, None]
-        out[self.seg_task] = F.interpolate(self.seg_logits(x), size=feats.image_size, mode="bilinear",
-                                           align_corners=False)
+        out[self.seg_task] = resize_bilinear(self.seg_logits(x), feats.image_size)
         out[self.det_task] = box_output(self.det_mlp(det_map))
         return out

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medmtl.models.heads._base import HEADS, Features, Head
 from medmtl.models.heads._common import check_head_tasks
+from medmtl.models.heads._ops import resize_bilinear
 
 
 def _conv_block(in_chs: int, out_chs: int) -> nn.Sequential:
@@ -25,7 +25,7 @@ class _UpBlock(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         # Interpolate to the skip's exact size, not by a factor 2: odd inputs give stages whose
         # sizes are not exact halves, and some trunks have two stages at one stride.
-        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        x = resize_bilinear(x, skip.shape[-2:])
         return self.conv(torch.cat([x, skip], dim=1))
 
 
@@ -44,7 +44,7 @@ class _Decoder(nn.Module):
         x = pyramid[-1]
         for block, skip in zip(self.blocks, pyramid[-2::-1]):
             x = block(x, skip)
-        return F.interpolate(self.logits(x), size=image_size, mode="bilinear", align_corners=False)
+        return resize_bilinear(self.logits(x), image_size)
 
 
 def decoder_widths(feature_info: list[dict], decoder_channels=None) -> tuple[int, ...]:
