@@ -1,9 +1,13 @@
 """The time_to_quality benchmark compares like with like: the same network on both sides, and a
-short run of both ends with a test AUC."""
+short run of both ends with a test AUC; the GPU check dry-runs here."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import os
+import subprocess
+import sys
 
 from tests.conftest import REPO, need_data
 
@@ -86,3 +90,23 @@ def test_channels_last_changes_the_memory_order_not_the_network(tmp_path):
     with torch.no_grad():
         a, b = fast(x)["t"][0], plain(x)["t"][0]
     assert torch.allclose(a, b, atol=1e-5) and a.abs().max() > 0
+
+
+def test_gpu_check_dry_runs_every_head_sharing_and_precision_here(tmp_path, shared_cache):
+    """``gpu_check.py check --dry-run`` on this machine's device: the 12 head x sharing x precision
+    trainings finish (on the CPU, 16-mixed runs as Fabric's bf16), one training twice gives the same
+    weights bit for bit, and the Ray grid's two trials finish."""
+    need_data("busi")
+    env = {**os.environ, "MEDMTL_DATA": os.environ.get("MEDMTL_DATA", str(REPO.parent / "shared" / "datasets")),
+           "MEDMTL_GPU_CHECK_CACHE": str(shared_cache)}
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "check", "--no-install",
+                          "--dry-run", "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    doc = json.loads((tmp_path / "gpu_check.json").read_text())
+    matrix = doc["heads"]["matrix"]
+    assert sorted(matrix) == sorted(f"{h}/{s}/{p}" for h in ("separate", "feature_transfer")
+                                    for s in ("hard", "soft") for p in ("32-true", "16-mixed", "bf16-mixed"))
+    assert all("busi_seg" in v["val"] and "busi_det" in v["val"] for v in matrix.values())
+    assert doc["heads"]["same_seed_same_weights"] is True
+    assert [t["status"] for t in doc["ray"]["trials"]] == ["done", "done"]
