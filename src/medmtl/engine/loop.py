@@ -14,15 +14,20 @@ import json
 import logging
 import math
 import os
+import pickle
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.multiprocessing as mp
 from tqdm.auto import tqdm
 
+from medmtl.config import parse_config
 from medmtl.data.dataset import collate
+from medmtl.data.pipeline import prepare
 from medmtl.data.samplers import create_sampler
 from medmtl.engine import checkpoint as ckpt
 from medmtl.engine import optim
@@ -586,11 +591,6 @@ def _in_distributed_job() -> bool:
 def _fit_on_new_processes(cfg, data, run_dir: Path, *, resume: bool, progress: bool) -> FitResult:
     """``fit`` on ``train.devices`` spawned ranks (a fresh interpreter each, as CUDA needs); each rank
     prepares the data again from the config they came from and checks it got the same data."""
-    import pickle
-    import socket
-
-    import torch.multiprocessing as mp
-
     if data.prepared_from is None:
         raise MedmtlError("train.devices > 1 needs data made by medmtl.data.pipeline.prepare: each DDP process "
                           "prepares them again from the config they were prepared from")
@@ -612,11 +612,6 @@ def _fit_on_new_processes(cfg, data, run_dir: Path, *, resume: bool, progress: b
 def _rank_main(rank: int, cfg_raw: dict, data_raw: dict, fingerprint: str, run_dir: str, resume: bool,
                progress: bool, port: int, world: int, levels: dict) -> None:
     """One spawned DDP rank: the environment a launcher would set, the same data, then ``fit``."""
-    import pickle
-
-    from medmtl.config import parse_config
-    from medmtl.data.pipeline import prepare
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), NODE_RANK="0",
                       LOCAL_RANK=str(rank), RANK=str(rank))
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from medmtl.errors import ConfigError
@@ -86,8 +87,6 @@ def _check_options(*, workers: Any, ray_address: Any, cpus_per_trial: Any) -> No
 def check_gpus_per_trial(value: Any) -> float:
     """``gpus_per_trial`` as a number of GPUs (``None``: 1 when CUDA is present here, else 0)."""
     if value is None:
-        import torch
-
         return 1.0 if torch.cuda.is_available() else 0.0
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or (value > 1 and value % 1):
         raise ConfigError(f"gpus_per_trial={value!r} must be a number >= 0: a fraction of one GPU (0.5 shares "
