@@ -103,10 +103,12 @@ def compute_features(trunk, dataset, views: int = 1, batch_size: int = 128):
     return np.concatenate(xs, axis=1), np.concatenate(ys)
 
 
-def trunk_features(trunk, dataset, views: int = 1, memo: FeatureMemo | None = None):
-    """:func:`compute_features`, looked up in ``memo`` first (default: the dataset's experiment memo)."""
+def trunk_features(trunk, dataset, views: int = 1, memo: FeatureMemo | None = None, weights: str | None = None):
+    """:func:`compute_features`, looked up in ``memo`` first (default: the dataset's experiment memo).
+    ``weights``: the trunk's :func:`weights_digest`, when the caller asks for several datasets of
+    one trunk (hashing a large trunk's weights once, not per split)."""
     memo = memo_of(dataset.data) if memo is None else memo
-    key = (weights_digest(trunk), dataset_digest(dataset), int(views))
+    key = (weights or weights_digest(trunk), dataset_digest(dataset), int(views))
     found = memo.get(key)
     if found is not None:
         log.debug("features of %s (%s, %d images) reused", dataset.tasks[0], dataset.split, len(dataset))

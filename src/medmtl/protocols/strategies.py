@@ -28,7 +28,7 @@ from medmtl.engine.loop import fit
 from medmtl.engine.predict import default_device
 from medmtl.errors import ConfigError
 from medmtl.evaluation import audit
-from medmtl.evaluation.features import trunk_features
+from medmtl.evaluation.features import trunk_features, weights_digest
 from medmtl.evaluation.results import NO_TTA_SPLIT
 
 
@@ -238,6 +238,7 @@ def svm_transfer(ctx: ArmContext, task: str, pretrained, splits=("val", "test"))
     torch.manual_seed(ctx.seed)
     trunk = build_model(cfg, [spec]).trunk.eval().to(default_device())
     feats, sets = {}, {}
+    digest = weights_digest(trunk)
     for split in ("train", *splits):
         ds = MultiTaskDataset(ctx.data, split, [task], preset=cfg.data.augmentation, train=False,
                               size=cfg.data.size, in_chans=cfg.model.trunk.in_chans)
@@ -248,7 +249,7 @@ def svm_transfer(ctx: ArmContext, task: str, pretrained, splits=("val", "test"))
         else:
             ds = scoring_subset(ds, cfg, split)
         sets[split] = ds
-        feats[split] = trunk_features(trunk, ds, views=8 if tta and split != "train" else 1)
+        feats[split] = trunk_features(trunk, ds, views=8 if tta and split != "train" else 1, weights=digest)
     clf, c, fit = _fit_svm(feats["train"], ctx.data, sets["train"], task, ctx.arm.svm_c, ctx.seed)
     ctx.decide("svm_c", reads=audit.reads([task], "train"), chose=c, grid=list(ctx.arm.svm_c), model=task, **fit)
     if fit["degenerate"]:
