@@ -19,7 +19,7 @@ def _registries():
     return {
         "readers": (READERS, ["busi", "folder", "manifest", "medmnist", "mias", "volume"]),
         "samplers": (SAMPLERS, ["balanced", "cyclic", "proportional"]),
-        "presets": (PRESETS, ["none", "s0", "s2"]),
+        "presets": (PRESETS, ["none", "s0", "s2", "upright"]),
         "heads": (HEADS, ["aux_conditioned", "box", "fc100_fc2", "feature_transfer", "linear", "segmentation",
                           "transfer"]),
         "trunks": (TRUNKS, ["alexnet", "resnext29", "test_tiny"]),

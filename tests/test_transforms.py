@@ -15,11 +15,11 @@ SQUARE = (20, 30, 60, 80)  # rows 20..59, cols 30..79: in view of most s2 crops,
 
 
 def test_registered_presets_are_pinned():
-    assert sorted(PRESETS) == ["none", "s0", "s2"]
+    assert sorted(PRESETS) == ["none", "s0", "s2", "upright"]
 
 
 def test_unknown_preset_lists_the_registered_names():
-    match = r"'s1' is not a registered augmentation preset; choose one of \['none', 's0', 's2'\]"
+    match = r"'s1' is not a registered augmentation preset; choose one of \['none', 's0', 's2', 'upright'\]"
     with pytest.raises(KeyError, match=match):
         build_transform("s1", train=True, size=32)
 
@@ -273,3 +273,20 @@ def test_busi_s2_mask_stays_binary_and_on_the_lesion(busi_sample, seed):
     torch.manual_seed(seed)
     painted = f(mask * 255)["image"][0] > 0
     assert iou(out["mask"].bool(), painted) > 0.9
+
+
+def test_upright_keeps_up_and_down_but_flips_left_and_right():
+    # Top half bright, left quarter of the bottom half grey: a vertical flip or a rotation would
+    # put bright rows at the bottom; a horizontal flip moves the grey block to the right.
+    image = np.zeros((64, 64), dtype=np.uint8)
+    image[:32] = 255
+    image[32:, :16] = 128
+    f = build_transform("upright", train=True, size=32, in_chans=1)
+    torch.manual_seed(0)
+    flipped = 0
+    for _ in range(40):
+        x = f(image)["image"][0]
+        assert x[:8].mean() > x[-8:].mean() + 1.0  # the bright top stays on top
+        bottom = x[24:]
+        flipped += bool(bottom[:, -4:].mean() > bottom[:, :4].mean())
+    assert 5 < flipped < 35  # left-right flips happen, about half the time

@@ -148,6 +148,28 @@ def s2_preset(train: bool, size: int, in_chans: int) -> v2.Compose:
     ], mean, std)
 
 
+@PRESETS.register("upright", normalization="imagenet")
+def upright_preset(train: bool, size: int, in_chans: int) -> v2.Compose:
+    """Augmentation for images with a fixed up and down (ultrasound: skin at the top, shadow below).
+
+    A random horizontal flip and a mild random square crop (80-100% of the side), ImageNet
+    normalisation. No vertical flip or rotation: both move the depth axis, and on BreastMNIST the
+    s2 preset's flips shifted the scores of whole models (the TTA investigation in the README).
+
+    Args:
+        train: apply the random steps; ``False`` gives resize and normalisation only.
+        size: output height and width.
+        in_chans: number of image channels the pipeline receives.
+    """
+    mean, std = channel_stats(IMAGENET_MEAN, in_chans), channel_stats(IMAGENET_STD, in_chans)
+    if not train:
+        return _finish([_resize(size)], mean, std)
+    return _finish([
+        v2.RandomHorizontalFlip(),
+        v2.RandomResizedCrop(size, scale=(0.64, 1.0), ratio=(1.0, 1.0)),
+    ], mean, std)
+
+
 class AlignedMask(tv_tensors.Mask):
     """A :class:`~torchvision.tv_tensors.Mask` resized with ``NEAREST_EXACT`` instead of ``NEAREST``.
 
