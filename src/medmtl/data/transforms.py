@@ -86,6 +86,13 @@ def _resize(size: int) -> v2.Resize:
     return v2.Resize((size, size))
 
 
+def _imagenet_pipeline(train: bool, size: int, in_chans: int, train_geometry) -> v2.Compose:
+    # The ImageNet-normalised presets differ only in their training geometry (a callable, so
+    # evaluation builds none of it); evaluation is a plain resize for all of them.
+    mean, std = channel_stats(IMAGENET_MEAN, in_chans), channel_stats(IMAGENET_STD, in_chans)
+    return _finish(train_geometry() if train else [_resize(size)], mean, std)
+
+
 @PRESETS.register("none", normalization="half")
 def none_preset(train: bool, size: int, in_chans: int) -> v2.Compose:
     """Resize and scale to [-1, 1]; no randomness in either mode.
@@ -138,14 +145,11 @@ def s2_preset(train: bool, size: int, in_chans: int) -> v2.Compose:
         size: output height and width.
         in_chans: number of image channels the pipeline receives.
     """
-    mean, std = channel_stats(IMAGENET_MEAN, in_chans), channel_stats(IMAGENET_STD, in_chans)
-    if not train:
-        return _finish([_resize(size)], mean, std)
-    return _finish([
+    return _imagenet_pipeline(train, size, in_chans, lambda: [
         v2.RandomHorizontalFlip(),
         v2.RandomVerticalFlip(),
         v2.RandomResizedCrop(size, scale=(0.5, 1.0), ratio=(1.0, 1.0)),
-    ], mean, std)
+    ])
 
 
 @PRESETS.register("upright", normalization="imagenet")
@@ -161,13 +165,10 @@ def upright_preset(train: bool, size: int, in_chans: int) -> v2.Compose:
         size: output height and width.
         in_chans: number of image channels the pipeline receives.
     """
-    mean, std = channel_stats(IMAGENET_MEAN, in_chans), channel_stats(IMAGENET_STD, in_chans)
-    if not train:
-        return _finish([_resize(size)], mean, std)
-    return _finish([
+    return _imagenet_pipeline(train, size, in_chans, lambda: [
         v2.RandomHorizontalFlip(),
         v2.RandomResizedCrop(size, scale=(0.64, 1.0), ratio=(1.0, 1.0)),
-    ], mean, std)
+    ])
 
 
 class AlignedMask(tv_tensors.Mask):
