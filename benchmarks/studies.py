@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
 README = REPO / "README.md"
-BLOCK = re.compile(r"<!-- (?P<kind>results|tta|ttq|bench):(?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /(?P=kind) -->", re.S)
+BLOCK = re.compile(r"<!-- (?P<kind>results|tta|ttq|bench|fresh):(?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /(?P=kind) -->", re.S)
 # the metrics a README row shows per task kind (the report has them all)
 SHOWN = {"binary": ("auc", "balanced_accuracy_youden"), "multiclass": ("auc",), "ordinal": ("auc",),
          "segmentation": ("dice", "iou"), "detection": ("box_iou", "hit_rate")}
@@ -220,7 +220,20 @@ def render_bench(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDERERS = {"results": render, "tta": render_tta, "ttq": render_ttq, "bench": render_bench}
+def render_fresh(doc: dict) -> str:
+    """The README lines of ``benchmarks/fresh_clone.py``'s file: the README's commands timed on a fresh clone."""
+    what = {"demo": "`make demo` (install included, cold decode cache)", "ci": "`.ci/run` (install and every test)"}
+    lines = []
+    for target, r in doc["targets"].items():
+        seen = (f"; it ended with the comparison table and `report: {r['report_path']}`" if target == "demo"
+                and r.get("table_printed") and r.get("report_path") else
+                f"; pytest: {r['pytest_summary']}" if r.get("pytest_summary") else "")
+        lines.append(f"- {what.get(target, target)} on a fresh clone: {_duration(r['seconds'])} at commit "
+                     f"{r['commit']}, {r['date']} ({r['machine']}){seen}.")
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {"results": render, "tta": render_tta, "ttq": render_ttq, "bench": render_bench, "fresh": render_fresh}
 
 
 def readme_blocks(text: str) -> dict[str, str]:
