@@ -41,3 +41,32 @@ def test_a_changed_number_is_caught(tmp_path):
     auc = doc["report"]["rows"][0]["metrics"]["auc"]
     auc["ref"] += 0.001
     assert studies.render(doc) != BLOCKS[key]
+
+
+def _fresh_clone():
+    spec = importlib.util.spec_from_file_location("fresh_clone", REPO / "benchmarks" / "fresh_clone.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fresh_clone_sees_the_table_and_report_path_only_when_printed(tmp_path):
+    """The demo's record says what its output really ended with, parsed from run_summary's own lines."""
+    from medmtl.reports.summary import run_summary
+
+    fresh = _fresh_clone()
+    run = tmp_path / "run"
+    (run / "report").mkdir(parents=True)
+    (run / "report" / "results.json").write_text(json.dumps({"seeds": [0], "reference_seed": 0, "rows": [
+        {"arm": "stl", "task": "pcam", "kind": "binary", "n_seeds": 1,
+         "metrics": {"auc": {"ref": 0.9, "ci_low": 0.88, "ci_high": 0.92}}}]}))
+    output = f"INFO epoch 1/4\nresults: {run / 'results'}\n{run_summary(run)}\n"
+    seen = fresh._seen("demo", output)
+    assert seen == {"table_printed": True, "report_path": str(run / "report" / "report.html")}
+    assert fresh._seen("demo", "INFO epoch 1/4\nTraceback (most recent call last):\n") == \
+        {"table_printed": False, "report_path": None}
+    assert fresh._seen("ci", "..\n===== 751 passed, 3 warnings in 800.12s (0:13:20) =====\n") == \
+        {"pytest_summary": "751 passed, 3 warnings in 800.12s (0:13:20)"}
+    line = studies.render_fresh({"targets": {"demo": {"seconds": 421.4, "commit": "abc1234", "date": "2026-12-02",
+                                                      "machine": "x86_64, 2 CPUs, Linux", **seen}}})
+    assert "7 min 1 s" in line and "report.html" in line
