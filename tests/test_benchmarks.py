@@ -95,7 +95,8 @@ def test_channels_last_changes_the_memory_order_not_the_network(tmp_path):
 def test_gpu_check_dry_runs_every_head_sharing_and_precision_here(tmp_path, shared_cache):
     """``gpu_check.py check --dry-run`` on this machine's device: the 12 head x sharing x precision
     trainings finish (on the CPU, 16-mixed runs as Fabric's bf16), one training twice gives the same
-    weights bit for bit, and the Ray grid's two trials finish."""
+    weights bit for bit, every distinct model of the five studies takes a timed step (tiny trunk) and
+    gives each full protocol an expected time, and the Ray grid's two trials finish."""
     need_data("busi")
     env = {**os.environ, "MEDMTL_DATA": os.environ.get("MEDMTL_DATA", str(REPO.parent / "shared" / "datasets")),
            "MEDMTL_GPU_CHECK_CACHE": str(shared_cache)}
@@ -109,4 +110,10 @@ def test_gpu_check_dry_runs_every_head_sharing_and_precision_here(tmp_path, shar
                                     for s in ("hard", "soft") for p in ("32-true", "16-mixed", "bf16-mixed"))
     assert all("busi_seg" in v["val"] and "busi_det" in v["val"] for v in matrix.values())
     assert doc["heads"]["same_seed_same_weights"] is True
+    estimate = json.loads((REPO / "experiments" / "results" / "gpu-estimate.json").read_text())
+    times = doc["study_times"]["studies"]
+    assert sorted(times) == sorted(estimate["studies"]) and len(times) == 5
+    for name, t in times.items():
+        assert t["errors"] == [] and sorted(t["models"]) == sorted(estimate["studies"][name]["models"])
+        assert t["expected_s"] > 0 and t["steps"] == estimate["studies"][name]["steps"]
     assert [t["status"] for t in doc["ray"]["trials"]] == ["done", "done"]
