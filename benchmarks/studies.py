@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
 README = REPO / "README.md"
-BLOCK = re.compile(r"<!-- (?P<kind>results|tta|ttq|bench|fresh):(?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /(?P=kind) -->", re.S)
+BLOCK = re.compile(r"<!-- (?P<kind>results|tta|ttq|bench|fresh|gpu):(?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- /(?P=kind) -->", re.S)
 # the metrics a README row shows per task kind (the report has them all)
 SHOWN = {"binary": ("auc", "balanced_accuracy_youden"), "multiclass": ("auc",), "ordinal": ("auc",),
          "segmentation": ("dice", "iou"), "detection": ("box_iou", "hit_rate")}
@@ -233,7 +233,16 @@ def render_fresh(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDERERS = {"results": render, "tta": render_tta, "ttq": render_ttq, "bench": render_bench, "fresh": render_fresh}
+def render_gpu(doc: dict) -> str:
+    """The README table of ``gpu_check.py estimate``'s file (rendered there, beside the counting)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_check import render_estimate   # gpu_check imports this module: import it only when used
+
+    return render_estimate(doc)
+
+
+RENDERERS = {"results": render, "tta": render_tta, "ttq": render_ttq, "bench": render_bench, "fresh": render_fresh,
+             "gpu": render_gpu}
 
 
 def readme_blocks(text: str) -> dict[str, str]:
