@@ -39,9 +39,10 @@ LABELS = {"auc": "AUC", "balanced_accuracy_youden": "balanced accuracy at the va
 
 def git_commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    # stored results are not code: an uncommitted one does not make the measured commit dirty
+    # stored results and the README are not code: an uncommitted one does not make the measured commit dirty
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                            ":!experiments/results"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+                            ":!experiments/results", ":!README.md"], capture_output=True, text=True,
+                           cwd=REPO).stdout.strip()
     return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
 
 
@@ -124,7 +125,8 @@ def render(doc: dict) -> str:
     lines = [f"Stored in `experiments/results/{doc['config'].split('/')[-1][:-5]}-{doc['profile']}.json`: "
              f"`{doc['command']}` at commit {doc['commit']} on {doc['date']} ({doc['machine']}), "
              f"{_duration(doc['wall_seconds'])}; seeds {seeds}: {level}.", "",
-             "| arm | task | metric | test value [95% CI] | mean ± std over seeds |", "|---|---|---|---|---|"]
+             "| arm | task | metric | test value [95% CI] | mean ± std over seeds | validation value |",
+             "|---|---|---|---|---|---|"]
     for row in report["rows"]:
         for name in SHOWN.get(row["kind"], ("auc",)):
             m = row["metrics"].get(name)
@@ -135,7 +137,7 @@ def render(doc: dict) -> str:
             # a metric without a CI (the Youden ones need the validation threshold) has no 'ref': its seed value
             value = m.get("ref") if m.get("ref") is not None else (m.get("values") or {}).get(str(row["reference_seed"]))
             lines.append(f"| {row['arm']} | {row['task']} | {LABELS.get(name, name)} | {_num(value)}{ci} | "
-                         f"{spread} |")
+                         f"{spread} | {_num(_validation(doc, row, name))} |")
     sections = report.get("sections", {})
     comparisons = (sections.get("comparisons") or {}).get("table") or []
     if comparisons:
@@ -158,6 +160,16 @@ def render(doc: dict) -> str:
     if audit:
         lines += ["", f"Selection audit: {audit['text'][0]}" + (f" {audit['text'][1]}" if len(audit["text"]) > 1 else "")]
     return "\n".join(lines) + "\n"
+
+
+def _validation(doc: dict, row: dict, name: str):
+    """The reference seed's validation value of a row, where the run's metrics.json has one per arm,
+    seed and task (holdout protocols; CV and LOTO runs nest theirs deeper and show '-'): what an arm
+    or a recipe is chosen by, beside the test value it is judged by."""
+    cell = (doc.get("metrics") or {}).get(row["arm"], {})
+    for key in (str(row["reference_seed"]), row["task"], "val", name):
+        cell = cell.get(key) if isinstance(cell, dict) else None
+    return cell if isinstance(cell, (int, float)) else None
 
 
 def _ref(v) -> str:
@@ -236,7 +248,7 @@ def render_fresh(doc: dict) -> str:
 def render_gpu(doc: dict) -> str:
     """The README table of ``gpu_check.py estimate``'s file (rendered there, beside the counting)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from gpu_check import render_estimate   # gpu_check imports this module: import it only when used
+    from gpu_check import render_estimate  # gpu_check imports this module: import it only when used
 
     return render_estimate(doc)
 
