@@ -16,7 +16,6 @@ step count with the plan. Counted at ``train.epochs``: early stopping can end a 
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -538,12 +537,3 @@ def _timed(fn, n: int, warmup: int, device) -> float:
 def _sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def public(build: dict) -> dict:
-    """``build`` without its in-memory config (for JSON)."""
-    return {k: v for k, v in build.items() if not k.startswith("_")}
-
-
-def as_rows(items) -> list[dict]:
-    return [dataclasses.asdict(i) for i in items]
