@@ -70,3 +70,13 @@ def test_fresh_clone_sees_the_table_and_report_path_only_when_printed(tmp_path):
     line = studies.render_fresh({"targets": {"demo": {"seconds": 421.4, "commit": "abc1234", "date": "2026-12-02",
                                                       "machine": "x86_64, 2 CPUs, Linux", **seen}}})
     assert "7 min 1 s" in line and "report.html" in line
+
+
+def test_the_validation_column_is_the_reference_seeds_validation_value_not_its_test_value():
+    doc = json.loads((studies.RESULTS / "medmnist-lite0-64-full.json").read_text())
+    row = next(r for r in doc["report"]["rows"] if r["task"] == "breastmnist")
+    per_seed = doc["metrics"][row["arm"]]
+    ref = str(row["reference_seed"])
+    assert studies._validation(doc, row, "auc") == per_seed[ref]["breastmnist"]["val"]["auc"]
+    assert studies._validation(doc, row, "auc") != per_seed[ref]["breastmnist"]["test"]["auc"]
+    assert len({s["breastmnist"]["val"]["auc"] for s in per_seed.values()}) > 1   # the seed matters
